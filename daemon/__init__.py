@@ -1,0 +1,1 @@
+"""cohere-transcribe-daemon: live captions with Cohere Transcribe through Core ML or ONNX Runtime."""

@@ -1,0 +1,35 @@
+"""Backends by name: `onnx` (ONNX Runtime, the default off macOS) and `coreml` (macOS)."""
+
+from __future__ import annotations
+
+import platform
+
+from ..bundle import Bundle
+from ..errors import ConfigError
+from .base import Backend, EncoderOutput, Session
+
+__all__ = ["Backend", "EncoderOutput", "Session", "default_backend", "get_backend", "BACKENDS"]
+
+BACKENDS = ("onnx", "coreml")
+
+
+def default_backend(bundle: Bundle) -> str:
+    """coreml on a Mac when the bundle has Core ML files, onnx everywhere else."""
+    if platform.system() == "Darwin" and "coreml" in bundle.backends:
+        return "coreml"
+    return "onnx"
+
+
+def get_backend(bundle: Bundle, name: str | None = None) -> Backend:
+    """Load a backend for a bundle; `name` None picks the default for this machine."""
+    name = name or default_backend(bundle)
+    if name == "onnx":
+        from .onnx import OnnxSession
+
+        return Backend(bundle, name, OnnxSession)
+    if name == "coreml":
+        from .coreml import CoreMLSession, check_available
+
+        check_available()
+        return Backend(bundle, name, CoreMLSession)
+    raise ConfigError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")

@@ -1,0 +1,145 @@
+"""Greedy cache-external decoding, written once against the Backend interface.
+
+The host owns the self-attention cache (n_layers, 1, n_heads, capacity, head_dim); each step feeds one token
+at one position with fixed-length additive masks and gets back logits and the new K/V row. Cross-attention
+K/V come from the encoder once per window and are padded to the decoder's fixed cross length and masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from .backends import Backend, EncoderOutput
+from .bundle import Bundle
+from .errors import ConfigError
+from .tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What to decode and when to stop."""
+
+    # prompt
+    language: str = "en"
+    punctuation: bool = True
+    # stopping
+    max_new_tokens: int | None = None  # None: the bundle's default (256 for the real model)
+    ignore_eos: bool = False  # keep going past EOS (benchmarks force a token count this way)
+    eos_logit_bias: float | None = None  # added to the EOS logit; None: the bundle's value (0 by default)
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """Generated tokens (no prompt, no EOS) with the log-probability of each."""
+
+    tokens: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    stop_reason: str  # "eos" or "max_new_tokens"
+
+
+def build_prompt(bundle: Bundle, tokenizer: Tokenizer, language: str, punctuation: bool) -> list[int]:
+    """The decoder prompt for a language, from the manifest's template of piece names.
+
+    Raises:
+        ConfigError: for a language whose `<|xx|>` piece the tokenizer lacks.
+    """
+    if language not in bundle.languages or not tokenizer.has_piece(f"<|{language}|>"):
+        known = ", ".join(sorted(bundle.languages))
+        raise ConfigError(f"unknown language {language!r}: this model knows {known}")
+    pnc = bundle.punctuation_pieces["on" if punctuation else "off"]
+    pieces = [p.replace("{language}", language).replace("{punctuation}", pnc) for p in bundle.prompt_template]
+    return [tokenizer.piece_id(p) for p in pieces]
+
+
+def resolve_max_new_tokens(bundle: Bundle, prompt_len: int, requested: int | None) -> int:
+    """The token budget of one window; more than the cache can hold is an error, never a silent cut."""
+    n = bundle.max_new_tokens if requested is None else requested
+    room = bundle.cache_capacity - prompt_len
+    if n < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1 (got {n})")
+    if n > room:
+        raise ConfigError(f"--max-new-tokens {n} exceeds what the decoder cache holds: capacity "
+                          f"{bundle.cache_capacity} − prompt {prompt_len} = {room}")
+    return n
+
+
+def cross_inputs(bundle: Bundle, enc: EncoderOutput, n_enc_valid: int, dtype: np.dtype
+                 ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.generic], npt.NDArray[np.float32]]:
+    """Cross K/V padded to the decoder's fixed cross length, and the additive mask of the valid frames."""
+    x = bundle.cross_frames
+    n_layers, _, n_heads, t, head_dim = enc.cross_k.shape
+    k = np.zeros((n_layers, 1, n_heads, x, head_dim), dtype)
+    v = np.zeros_like(k)
+    k[:, :, :, :t] = enc.cross_k
+    v[:, :, :, :t] = enc.cross_v
+    mask = np.full((1, 1, 1, x), bundle.mask_value, np.float32)
+    mask[..., :n_enc_valid] = 0.0
+    return k, v, mask
+
+
+def greedy_decode(
+    backend: Backend,
+    enc: EncoderOutput,
+    n_enc_valid: int,
+    prompt: list[int],
+    max_new_tokens: int,
+    options: DecodeOptions,
+    on_token: Callable[[int], None] | None = None,
+) -> DecodeResult:
+    """Feed the prompt one token per step, then pick the argmax until EOS or the token budget.
+
+    Args:
+        enc: the window's encoder output; n_enc_valid: its valid encoder frames (ceil(L/8) for L frames).
+        on_token: called with each generated token id as soon as it is chosen (streaming).
+    """
+    bundle = backend.bundle
+    cap = bundle.cache_capacity
+    cache_shape = (bundle.n_layers, 1, bundle.n_heads, cap, bundle.head_dim)
+    self_k = np.zeros(cache_shape, backend.cache_dtype)
+    self_v = np.zeros(cache_shape, backend.cache_dtype)
+    cross_k, cross_v, cross_mask = cross_inputs(bundle, enc, n_enc_valid, backend.cache_dtype)
+    self_mask = np.full((1, 1, 1, cap), bundle.mask_value, np.float32)
+    bias = bundle.eos_logit_bias if options.eos_logit_bias is None else options.eos_logit_bias
+    eos = bundle.eos_id
+
+    tokens: list[int] = []
+    logprobs: list[float] = []
+    token, stop = prompt[0], "max_new_tokens"
+    for pos in range(len(prompt) + max_new_tokens - 1):
+        self_mask[..., pos] = 0.0
+        out = backend.decoder_step({
+            "input_id": np.array([[token]]), "position": np.array([pos]),
+            "self_k": self_k, "self_v": self_v, "self_mask": self_mask,
+            "cross_k": cross_k, "cross_v": cross_v, "cross_mask": cross_mask,
+        })
+        self_k[:, :, :, pos] = out["new_k"][:, :, :, 0]
+        self_v[:, :, :, pos] = out["new_v"][:, :, :, 0]
+        if pos + 1 < len(prompt):  # still feeding the prompt: its predictions are not used
+            token = prompt[pos + 1]
+            continue
+        token, logprob = _pick(out["logits"].reshape(-1), eos, bias, options.ignore_eos)
+        if token == eos and not options.ignore_eos:
+            stop = "eos"
+            break
+        tokens.append(token)
+        logprobs.append(logprob)
+        if on_token is not None:
+            on_token(token)
+    return DecodeResult(tuple(tokens), tuple(logprobs), stop)
+
+
+def _pick(logits: npt.NDArray[np.generic], eos: int, eos_bias: float, ignore_eos: bool) -> tuple[int, float]:
+    """Argmax token and its log-probability (log-softmax in float64 over the adjusted logits)."""
+    z = logits.astype(np.float64)
+    if eos_bias:
+        z[eos] += eos_bias
+    if ignore_eos:
+        z[eos] = -np.inf
+    token = int(np.argmax(z))
+    m = z.max()
+    logprob = float(z[token] - m - np.log(np.exp(z - m).sum()))
+    return token, logprob

@@ -1,0 +1,92 @@
+"""Offline transcription: audio → windows ≤ 35 s → features → encoder → greedy decode → text segments."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from .backends import Backend
+from .bundle import Bundle, encoder_frames
+from .decode import DecodeOptions, build_prompt, greedy_decode, resolve_max_new_tokens
+from .errors import AudioError
+from .features import log_mel, pad_frames
+from .tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One transcribed window."""
+
+    start: float  # seconds from the start of the audio
+    end: float
+    text: str
+    language: str
+    tokens: tuple[int, ...]  # generated ids, without prompt and EOS
+    logprobs: tuple[float, ...]  # log-probability of each generated token
+    stop_reason: str  # "eos" or "max_new_tokens"
+
+
+class Transcriber:
+    """One loaded model (bundle + backend + tokenizer); transcribes windows of audio."""
+
+    def __init__(self, bundle: Bundle, backend: Backend, tokenizer: Tokenizer, dither: float | None = None) -> None:
+        self.bundle = bundle
+        self.backend = backend
+        self.tokenizer = tokenizer
+        params = bundle.features
+        self.features = params if dither is None else replace(params, dither=dither)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.features.sample_rate
+
+    def pick_bucket(self, n_valid: int) -> int:
+        """The smallest encoder frame bucket that holds n_valid frames."""
+        for b in self.bundle.buckets:
+            if n_valid <= b:
+                return b
+        raise AudioError(f"a window of {n_valid} frames is longer than the model's {self.bundle.buckets[-1]}")
+
+    def transcribe_window(self, samples: npt.NDArray[np.float32], options: DecodeOptions,
+                          on_token: Callable[[int], None] | None = None) -> tuple[list[int], object]:
+        """Decode one window (≤ the full window length); returns (prompt, DecodeResult)."""
+        prompt = build_prompt(self.bundle, self.tokenizer, options.language, options.punctuation)
+        budget = resolve_max_new_tokens(self.bundle, len(prompt), options.max_new_tokens)
+        feats = log_mel(samples, self.features)  # (n_mels, n_valid)
+        n_valid = feats.shape[1]
+        bucket = self.pick_bucket(n_valid)
+        enc = self.backend.encode(pad_frames(feats, bucket), n_valid)
+        n_enc = encoder_frames(n_valid, self.bundle.subsampling_stages)
+        return prompt, greedy_decode(self.backend, enc, n_enc, prompt, budget, options, on_token)
+
+    def windows(self, samples: npt.NDArray[np.float32]) -> list[tuple[int, int]]:
+        """Split audio longer than the model's window at the quietest point near each boundary."""
+        from .audio import split_windows
+
+        sr = self.sample_rate
+        b = self.bundle
+        return split_windows(samples, int(round(b.max_window_seconds * sr)),
+                             int(round(b.split_search_seconds * sr)), b.split_window_samples)
+
+    def transcribe(self, samples: npt.NDArray[np.float32], options: DecodeOptions) -> Iterator[Segment]:
+        """Transcribe audio of any length, one Segment per window, in order."""
+        if samples.shape[0] == 0:
+            raise AudioError("the audio is empty")
+        sr = self.sample_rate
+        for start, end in self.windows(samples):
+            _, result = self.transcribe_window(samples[start:end], options)
+            yield Segment(start / sr, end / sr, self.tokenizer.decode(result.tokens), options.language,
+                          result.tokens, result.logprobs, result.stop_reason)
+
+
+def load_transcriber(model: str, backend: str | None = None, dither: float | None = None) -> Transcriber:
+    """Load a bundle folder with its tokenizer and the chosen backend (None: this machine's default)."""
+    from .backends import get_backend
+    from .bundle import load_bundle
+
+    bundle = load_bundle(model)
+    tokenizer = Tokenizer(bundle.tokenizer_path)
+    return Transcriber(bundle, get_backend(bundle, backend), tokenizer, dither)

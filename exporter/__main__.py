@@ -1,0 +1,47 @@
+"""python -m exporter --checkpoint HUB_ID_OR_DIR --out BUNDLE [--backends onnx,coreml] [--precision ...]"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .export import ExportOptions, export_bundle
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m exporter",
+                                 description="Export a Cohere Transcribe checkpoint to a daemon bundle.")
+    ap.add_argument("--checkpoint", required=True,
+                    help="hub id (e.g. CohereLabs/cohere-transcribe-03-2026, needs your login) or a local "
+                         "save_pretrained folder that also holds tokenizer.model")
+    ap.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    ap.add_argument("--backends", default="onnx,coreml", help="comma-separated: onnx, coreml (default: both)")
+    ap.add_argument("--precision", default="hybrid", choices=["hybrid", "fp16", "fp32"],
+                    help="Core ML precision: hybrid = INT8 encoder weights + FP16 decoder (default)")
+    ap.add_argument("--buckets", default="3500",
+                    help="encoder input frame counts, comma-separated; the largest is the full window")
+    ap.add_argument("--cache-capacity", type=int, default=266, help="decoder self-attention cache positions")
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="default token budget per window")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        opts = ExportOptions(backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
+                             precision=args.precision,
+                             buckets=tuple(int(b) for b in args.buckets.split(",")),
+                             cache_capacity=args.cache_capacity, max_new_tokens=args.max_new_tokens)
+        from .load import load_checkpoint
+
+        print(f"[export] loading {args.checkpoint} with transformers ...", file=sys.stderr)
+        ckpt = load_checkpoint(args.checkpoint)
+        path = export_bundle(ckpt, args.out, opts)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

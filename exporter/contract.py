@@ -1,0 +1,75 @@
+"""The bundle's tensor contract: names, shapes and dtypes of the encoder and decoder-step graphs.
+
+Both converters (to_onnx.py, to_coreml.py) and the manifest take their tensor lists from here, so what a file
+holds and what the manifest declares cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from daemon.bundle import encoder_frames as enc_frames
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The model dimensions that fix every tensor shape."""
+
+    n_mels: int
+    d_model: int  # decoder width (encoder states after the projection)
+    n_layers: int  # decoder layers
+    n_heads: int
+    head_dim: int
+    vocab_size: int
+    cache_capacity: int  # self-attention cache positions
+    cross_frames: int  # encoder frames of the full window (the decoder's fixed cross length)
+    subsampling_stages: int
+
+
+def dims_of(model: torch.nn.Module, cache_capacity: int, window_frames: int) -> Dims:
+    """Read the dimensions from a CohereAsrForConditionalGeneration's config."""
+    import math
+
+    cfg = model.config
+    enc = cfg.encoder_config
+    stages = int(math.log2(enc.subsampling_factor))
+    return Dims(enc.num_mel_bins, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim,
+                cfg.vocab_size, cache_capacity, enc_frames(window_frames, stages), stages)
+
+
+def encoder_tensors(d: Dims, frames: int, int_dtype: str, state_dtype: str
+                    ) -> tuple[list[tuple[str, tuple[int, ...], str]], list[tuple[str, tuple[int, ...], str]]]:
+    """(inputs, outputs) of the encoder for one frame bucket, as (name, shape, dtype)."""
+    t = enc_frames(frames, d.subsampling_stages)
+    kv = (d.n_layers, 1, d.n_heads, t, d.head_dim)
+    return ([("input_features", (1, d.n_mels, frames), "float32"), ("feature_length", (1,), int_dtype)],
+            [("encoder_hidden", (1, t, d.d_model), state_dtype), ("cross_k", kv, state_dtype),
+             ("cross_v", kv, state_dtype)])
+
+
+def decoder_tensors(d: Dims, int_dtype: str, state_dtype: str
+                    ) -> tuple[list[tuple[str, tuple[int, ...], str]], list[tuple[str, tuple[int, ...], str]]]:
+    """(inputs, outputs) of the decoder step, as (name, shape, dtype)."""
+    cache = (d.n_layers, 1, d.n_heads, d.cache_capacity, d.head_dim)
+    cross = (d.n_layers, 1, d.n_heads, d.cross_frames, d.head_dim)
+    row = (d.n_layers, 1, d.n_heads, 1, d.head_dim)
+    return ([("input_id", (1, 1), int_dtype), ("position", (1,), int_dtype),
+             ("self_k", cache, state_dtype), ("self_v", cache, state_dtype),
+             ("self_mask", (1, 1, 1, d.cache_capacity), state_dtype),
+             ("cross_k", cross, state_dtype), ("cross_v", cross, state_dtype),
+             ("cross_mask", (1, 1, 1, d.cross_frames), state_dtype)],
+            [("logits", (1, d.vocab_size), "float32"), ("new_k", row, state_dtype), ("new_v", row, state_dtype)])
+
+
+_TORCH = {"float32": torch.float32, "float16": torch.float32, "int32": torch.int32, "int64": torch.int64}
+
+
+def example_inputs(specs: list[tuple[str, tuple[int, ...], str]]) -> tuple[torch.Tensor, ...]:
+    """Zero tensors for tracing (float16 states are traced in float32; the converter sets the precision)."""
+    return tuple(torch.zeros(shape, dtype=_TORCH[dt]) for _, shape, dt in specs)
+
+
+def as_manifest(specs: list[tuple[str, tuple[int, ...], str]]) -> list[dict[str, object]]:
+    return [{"name": n, "shape": list(s), "dtype": dt} for n, s, dt in specs]

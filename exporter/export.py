@@ -1,0 +1,123 @@
+"""Checkpoint → bundle: the steps of `python -m exporter`, with progress output on the long ones."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .contract import as_manifest, dims_of
+from .load import Checkpoint
+from .manifest import build_manifest, write_manifest
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to write."""
+
+    backends: tuple[str, ...] = ("onnx", "coreml")
+    precision: str = "hybrid"  # Core ML: hybrid | fp16 | fp32 (ONNX is always fp32)
+    buckets: tuple[int, ...] = (3500,)  # encoder input frame counts; the largest is the full 35 s window
+    cache_capacity: int = 266  # 10-token prompt + 256 new tokens
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        unknown = set(self.backends) - {"onnx", "coreml"}
+        if unknown:
+            raise ValueError(f"unknown backends {sorted(unknown)} (choose from onnx, coreml)")
+        if self.precision not in ("hybrid", "fp16", "fp32"):
+            raise ValueError(f"unknown precision {self.precision!r} (hybrid, fp16 or fp32)")
+        if not self.buckets or min(self.buckets) < 16:
+            raise ValueError(f"bad frame buckets {self.buckets}")
+        if self.max_new_tokens > self.cache_capacity - 10:
+            raise ValueError(f"max_new_tokens {self.max_new_tokens} does not fit a cache of {self.cache_capacity}"
+                             " with a 10-token prompt")
+
+
+def _step(msg: str) -> float:
+    tqdm.write(f"[export] {msg} ...")
+    return time.perf_counter()
+
+
+def _done(t0: float) -> None:
+    tqdm.write(f"[export]   done in {time.perf_counter() - t0:.1f} s")
+
+
+def export_bundle(ckpt: Checkpoint, out: Path, opts: ExportOptions) -> Path:
+    """Write a complete bundle folder (model files, tokenizer, filterbank, manifest) to `out`."""
+    model = ckpt.model
+    cfg = model.config
+    if opts.cache_capacity > cfg.max_position_embeddings:
+        raise ValueError(f"cache capacity {opts.cache_capacity} > the decoder's {cfg.max_position_embeddings} "
+                         "positions")
+    out.mkdir(parents=True, exist_ok=True)
+    dims = dims_of(model, opts.cache_capacity, max(opts.buckets))
+    files = ["tokenizer.model", "mel_filters.npy", "window.npy"]
+    shutil.copyfile(ckpt.tokenizer_path, out / "tokenizer.model")
+    np.save(out / "mel_filters.npy", ckpt.feature_extractor.mel_filters.numpy().astype(np.float32))
+    np.save(out / "window.npy", torch.hann_window(ckpt.feature_extractor.win_length, periodic=False).numpy())
+
+    backends: dict[str, Any] = {}
+    steps = [(b, f) for b in opts.backends for f in (*sorted(opts.buckets), "decoder")]
+    for backend, what in tqdm(steps, desc="export", unit="graph", disable=len(steps) < 3):
+        entry = backends.setdefault(backend, {"precision": "fp32" if backend == "onnx" else opts.precision,
+                                              "encoders": {}})
+        rel = _graph_file(backend, what)
+        t0 = _step(f"{backend}: {'tracing and converting' if backend == 'coreml' else 'exporting'} {rel}")
+        ins, outs = _export_graph(backend, what, model, dims, opts.precision, out / rel)
+        _done(t0)
+        graph = {"file": rel, "inputs": as_manifest(ins), "outputs": as_manifest(outs)}
+        if what == "decoder":
+            entry["decoder"] = graph
+        else:
+            entry["encoders"][str(what)] = graph
+        files.append(rel)
+        if backend == "coreml":
+            entry["minimum_deployment_target"] = __import__("exporter.to_coreml", fromlist=["TARGET"]).TARGET
+
+    t0 = _step("writing manifest.json with checksums")
+    manifest = build_manifest(dims=dims, buckets=list(opts.buckets), feature_extractor=ckpt.feature_extractor,
+                              tokenizer_path=out / "tokenizer.model", backends=backends,
+                              max_new_tokens=opts.max_new_tokens, source=_source(ckpt))
+    path = write_manifest(out, manifest, files)
+    _done(t0)
+    return path
+
+
+def _graph_file(backend: str, what: int | str) -> str:
+    ext = "onnx" if backend == "onnx" else "mlpackage"
+    name = "decoder_step" if what == "decoder" else f"encoder_{what}"
+    return f"{backend}/{name}.{ext}"
+
+
+def _export_graph(backend: str, what: int | str, model: torch.nn.Module, dims: Any, precision: str,
+                  path: Path) -> tuple[list, list]:
+    if path.exists():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if backend == "onnx":
+        from . import to_onnx
+
+        if what == "decoder":
+            return to_onnx.export_decoder(model, dims, path)
+        return to_onnx.export_encoder(model, dims, int(what), path)
+    from . import to_coreml
+
+    if what == "decoder":
+        return to_coreml.export_decoder(model, dims, precision, path)
+    return to_coreml.export_encoder(model, dims, int(what), precision, path)
+
+
+def _source(ckpt: Checkpoint) -> dict[str, Any]:
+    import transformers
+
+    cfg = ckpt.model.config
+    return {"checkpoint": ckpt.source, "transformers": transformers.__version__,
+            "torch": torch.__version__.split("+")[0], "model_type": cfg.model_type,
+            "encoder_layers": cfg.encoder_config.num_hidden_layers,
+            "encoder_hidden": cfg.encoder_config.hidden_size}

@@ -1,0 +1,83 @@
+"""Core ML export: ML Program .mlpackage files (FP16 compute), INT8 weight-only encoder in `hybrid` precision.
+
+Precisions: hybrid (default) = encoder weights INT8 per-channel linear-symmetric, decoder FP16; fp16 = both
+FP16; fp32 = both FP32. Conversion works on Linux; prediction needs macOS.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .contract import Dims, decoder_tensors, encoder_tensors, example_inputs
+from .wrappers import DecoderStepExport, EncoderExport, finite_encoder_mask
+
+PRECISIONS = ("hybrid", "fp16", "fp32")
+TARGET = "macOS15"  # INT8 weight compression (constexpr_blockwise_shift_scale) and native SDPA need macOS 15
+INT = "int32"
+INT8_WEIGHT_THRESHOLD = 2048  # tensors with fewer elements stay FP16 (the published encoder recipe)
+
+
+def _ct():  # noqa: ANN202 - the coremltools module, imported quietly
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    import coremltools as ct
+
+    return ct
+
+
+def _state_dtype(precision: str) -> str:
+    return "float32" if precision == "fp32" else "float16"
+
+
+def _convert(module: torch.nn.Module, specs_in: list, specs_out: list, precision: str, path: Path) -> None:
+    ct = _ct()
+    args = example_inputs(specs_in)
+    if specs_in[0][0] == "input_features":
+        args = (args[0], torch.tensor([specs_in[0][1][-1] // 2], dtype=torch.int32))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, args, check_trace=False)
+        mlmodel = ct.convert(
+            traced,
+            inputs=[ct.TensorType(name=n, shape=s, dtype=np.dtype(dt).type) for n, s, dt in specs_in],
+            outputs=[ct.TensorType(name=n, dtype=np.dtype(dt).type) for n, _, dt in specs_out],
+            convert_to="mlprogram",
+            minimum_deployment_target=getattr(ct.target, TARGET),
+            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mlmodel.save(str(path))
+
+
+def quantize_int8(path: Path) -> None:
+    """Rewrite an .mlpackage with INT8 per-channel linear-symmetric weights (weight-only, activations FP16)."""
+    ct = _ct()
+    import coremltools.optimize.coreml as cto
+
+    config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
+        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=INT8_WEIGHT_THRESHOLD))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ct.models.MLModel(str(path), skip_model_load=True)
+        cto.linear_quantize_weights(model, config).save(str(path))
+
+
+def export_encoder(model: torch.nn.Module, d: Dims, frames: int, precision: str, path: Path) -> tuple[list, list]:
+    """Write the encoder for one bucket (INT8 weights in hybrid); return its (inputs, outputs) specs."""
+    ins, outs = encoder_tensors(d, frames, INT, _state_dtype(precision))
+    with finite_encoder_mask():
+        _convert(EncoderExport(model).eval(), ins, outs, precision, path)
+    if precision == "hybrid":
+        quantize_int8(path)
+    return ins, outs
+
+
+def export_decoder(model: torch.nn.Module, d: Dims, precision: str, path: Path) -> tuple[list, list]:
+    """Write the decoder step (FP16 in hybrid and fp16); return its (inputs, outputs) specs."""
+    ins, outs = decoder_tensors(d, INT, _state_dtype(precision))
+    _convert(DecoderStepExport(model, d.cache_capacity).eval(), ins, outs, precision, path)
+    return ins, outs
