@@ -68,11 +68,13 @@ def log_mel(samples: npt.NDArray[np.float32], params: FeatureParams) -> npt.NDAr
             f"audio of {n_samples} samples is too short: at least {2 * params.hop_length} samples "
             f"({2 * params.hop_length / params.sample_rate * 1000:.0f} ms) are needed"
         )
-    x = samples.astype(np.float64)
+    # Dither and preemphasis in float32 like the reference: preemphasis cancels most of the low-frequency
+    # energy, so its float32 rounding is visible in the lowest mel bins of quiet audio.
+    x = samples.astype(np.float32)
     if params.dither > 0:
         x = x + dither_noise(n_samples, params.dither)
-    x[1:] = x[1:] - params.preemphasis * x[:-1].copy()
-    power = _power_spectrogram(x, params)  # (n_frames, n_fft//2+1)
+    x[1:] = x[1:] - np.float32(params.preemphasis) * x[:-1]
+    power = _power_spectrogram(x.astype(np.float64), params)  # (n_frames, n_fft//2+1)
     mel = power @ params.mel_filters.astype(np.float64).T  # (n_frames, n_mels)
     logmel = np.log(mel[:n_valid] + params.log_zero_guard)
     return _cmvn(logmel, params.cmvn_eps).T.astype(np.float32)

@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from .backends import Backend
 from .bundle import Bundle, encoder_frames
-from .decode import DecodeOptions, build_prompt, greedy_decode, resolve_max_new_tokens
+from .decode import DecodeOptions, DecodeResult, build_prompt, greedy_decode, resolve_max_new_tokens
 from .errors import AudioError
 from .features import log_mel, pad_frames
 from .tokenizer import Tokenizer
@@ -51,7 +51,7 @@ class Transcriber:
         raise AudioError(f"a window of {n_valid} frames is longer than the model's {self.bundle.buckets[-1]}")
 
     def transcribe_window(self, samples: npt.NDArray[np.float32], options: DecodeOptions,
-                          on_token: Callable[[int], None] | None = None) -> tuple[list[int], object]:
+                          on_token: Callable[[int], None] | None = None) -> tuple[list[int], DecodeResult]:
         """Decode one window (≤ the full window length); returns (prompt, DecodeResult)."""
         prompt = build_prompt(self.bundle, self.tokenizer, options.language, options.punctuation)
         budget = resolve_max_new_tokens(self.bundle, len(prompt), options.max_new_tokens)

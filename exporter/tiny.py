@@ -41,11 +41,12 @@ class TinyPreset:
     dec_heads: int
     dec_ff: int
     vocab_size: int
+    eos_boost: float  # added to the EOS bias so that some clips end early and some run to the budget
 
 
 PRESETS = {
-    "a": TinyPreset(64, 2, 4, 128, 16, 64, 2, 4, 128, 384),
-    "b": TinyPreset(96, 3, 2, 192, 8, 48, 3, 2, 96, 420),
+    "a": TinyPreset(64, 2, 4, 128, 16, 64, 2, 4, 128, 384, 3.0),
+    "b": TinyPreset(96, 3, 2, 192, 8, 48, 3, 2, 96, 420, 1.5),
 }
 
 
@@ -80,6 +81,13 @@ def make_audio_sensitive(model: nn.Module, seed: int) -> None:
                 prm.copy_(torch.randn(prm.shape, generator=g) * 0.1)
 
 
+def spm_piece_id(path: Path, piece: str) -> int:
+    """The id of a piece in a SentencePiece model file."""
+    import sentencepiece as spm
+
+    return int(spm.SentencePieceProcessor(model_file=str(path)).piece_to_id(piece))
+
+
 def build_tiny(out: Path, seed: int = 0, preset: str = "a") -> Path:
     """Write a tiny random checkpoint (save_pretrained + tokenizer.model) to `out`; return `out`."""
     from transformers import CohereAsrForConditionalGeneration
@@ -90,6 +98,8 @@ def build_tiny(out: Path, seed: int = 0, preset: str = "a") -> Path:
     torch.manual_seed(seed)
     model = CohereAsrForConditionalGeneration(tiny_config(p)).eval()
     make_audio_sensitive(model, seed)
+    with torch.no_grad():
+        model.proj_out.bias[model.config.eos_token_id] += p.eos_boost
     # Like the real generation_config: the prompt starts with "▁", so generate() prepends nothing.
     model.generation_config.decoder_start_token_id = spm_piece_id(out / "tokenizer.model", "\u2581")
     model.save_pretrained(out)
@@ -107,10 +117,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def spm_piece_id(path: Path, piece: str) -> int:
-    """The id of a piece in a SentencePiece model file."""
-    import sentencepiece as spm
-
-    return int(spm.SentencePieceProcessor(model_file=str(path)).piece_to_id(piece))
