@@ -45,8 +45,8 @@ class TinyPreset:
 
 
 PRESETS = {
-    "a": TinyPreset(64, 2, 4, 128, 16, 64, 2, 4, 128, 384, 3.0),
-    "b": TinyPreset(96, 3, 2, 192, 8, 48, 3, 2, 96, 420, 1.5),
+    "a": TinyPreset(64, 2, 4, 128, 16, 64, 2, 4, 128, 384, 4.0),
+    "b": TinyPreset(96, 3, 2, 192, 8, 48, 3, 2, 96, 420, 3.0),
 }
 
 
@@ -66,7 +66,8 @@ def make_audio_sensitive(model: nn.Module, seed: int) -> None:
     """Re-draw weights with unit-variance-preserving scales so outputs depend on the input audio.
 
     Linear/conv weights get std gain/sqrt(fan_in) (gain 1.5 for attention and projections), embeddings std 1;
-    LayerNorm and BatchNorm keep their identity initialisation, biases a small spread.
+    LayerNorm and BatchNorm keep their identity initialisation, biases a small spread; cross-attention
+    queries and keys get 3× more so that different audio gives different tokens.
     """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -79,6 +80,10 @@ def make_audio_sensitive(model: nn.Module, seed: int) -> None:
                 continue
             else:
                 prm.copy_(torch.randn(prm.shape, generator=g) * 0.1)
+        # Sharp cross-attention: each step reads a few frames instead of the mean of all of them.
+        for layer in model.model.decoder.layers:
+            layer.encoder_attn.q_proj.weight.mul_(3.0)
+            layer.encoder_attn.k_proj.weight.mul_(3.0)
 
 
 def spm_piece_id(path: Path, piece: str) -> int:
@@ -88,7 +93,7 @@ def spm_piece_id(path: Path, piece: str) -> int:
     return int(spm.SentencePieceProcessor(model_file=str(path)).piece_to_id(piece))
 
 
-def build_tiny(out: Path, seed: int = 0, preset: str = "a") -> Path:
+def build_tiny(out: Path, seed: int = 13, preset: str = "a") -> Path:
     """Write a tiny random checkpoint (save_pretrained + tokenizer.model) to `out`; return `out`."""
     from transformers import CohereAsrForConditionalGeneration
 
@@ -109,7 +114,7 @@ def build_tiny(out: Path, seed: int = 0, preset: str = "a") -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m exporter.tiny", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder to write the checkpoint to")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="a")
     args = ap.parse_args()
     print(build_tiny(args.out, args.seed, args.preset))

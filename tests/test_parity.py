@@ -1,0 +1,131 @@
+"""The exported graphs in ONNX Runtime vs transformers' CohereAsr (random tiny configs a and b)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+from helpers import hf_greedy, prompt_ids, speech_clip
+
+from daemon.bundle import encoder_frames, load_bundle
+from daemon.decode import DecodeOptions, cross_inputs, greedy_decode
+from daemon.features import log_mel, pad_frames
+from daemon.transcribe import load_transcriber
+
+PRESETS = ("a", "b")
+N_CLIPS = 20
+MAX_NEW = 24
+LANGS = ("en", "es", "fr", "de", "ja")
+
+
+def clip_lengths() -> list[float]:
+    rng = np.random.default_rng(3)
+    return sorted([0.5, 35.0] + list(rng.uniform(0.5, 35.0, N_CLIPS - 2)))
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    return [speech_clip(s, 1000 + i) for i, s in enumerate(clip_lengths())]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_encoder_matches_transformers(preset, tiny_bundles, hf_models, hf_features, clips) -> None:  # noqa: ANN001
+    """Valid frames: |Δ| ≤ 1e-5 + 1e-4·max|ref|; and they do not change when the padding grows."""
+    tr = load_transcriber(str(tiny_bundles[preset]), "onnx", dither=0.0)
+    model = hf_models[preset]
+    worst = 0.0
+    for x in clips[:8]:
+        f = hf_features(x, sampling_rate=16000, return_tensors="pt")
+        n = int(f["attention_mask"].sum())
+        with torch.no_grad():
+            h = model.model.encoder(input_features=f["input_features"], attention_mask=f["attention_mask"])
+            ref = model.model.decoder.proj(h.last_hidden_state)[0].numpy()
+        t = encoder_frames(n, 3)
+        feats = f["input_features"][0, :n].numpy().T
+        outs = {b: tr.backend.encode(pad_frames(feats, b), n).hidden[0, :t] for b in (1000, 3500) if n <= b}
+        for out in outs.values():
+            err = np.abs(out - ref[:t]).max()
+            worst = max(worst, err / (1e-5 + 1e-4 * np.abs(ref).max()))
+            assert err <= 1e-5 + 1e-4 * np.abs(ref).max()
+        if len(outs) == 2:
+            assert np.abs(outs[1000] - outs[3500]).max() <= 1e-5 + 1e-4 * np.abs(ref).max()
+    print(f"encoder parity {preset}: worst |Δ| / tolerance = {worst:.3f}")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_greedy_tokens_and_logprobs_match_generate(preset, tiny_bundles, tiny_checkpoints, hf_models,
+                                                   hf_features, clips) -> None:  # noqa: ANN001
+    """≥ 20 clips of 0.5–35 s, several languages, punctuation on and off: identical tokens, logprobs ≤ 1e-3."""
+    tr = load_transcriber(str(tiny_bundles[preset]), "onnx", dither=0.0)
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_checkpoints[preset] / "tokenizer.model"))
+    eos = sp.piece_to_id("<|endoftext|>")
+    outputs, worst, stops = [], 0.0, set()
+    for i, x in enumerate(clips):
+        lang, pnc = LANGS[i % len(LANGS)], i % 2 == 0
+        ref_tokens, ref_lp = hf_greedy(hf_models[preset], hf_features, x, prompt_ids(sp, lang, pnc), MAX_NEW, eos)
+        prompt, res = tr.transcribe_window(x, DecodeOptions(language=lang, punctuation=pnc, max_new_tokens=MAX_NEW))
+        assert prompt == prompt_ids(sp, lang, pnc)
+        assert list(res.tokens) == ref_tokens, f"clip {i} ({len(x) / 16000:.1f} s, {lang})"
+        worst = max(worst, float(np.abs(np.array(res.logprobs) - np.array(ref_lp)).max(initial=0.0)))
+        outputs.append(res.tokens)
+        stops.add(res.stop_reason)
+    print(f"decode parity {preset}: max |Δ logprob| = {worst:.2e}, stops {sorted(stops)}, "
+          f"{len(set(outputs))}/{len(outputs)} distinct outputs")
+    assert worst <= 1e-3
+    assert len(set(outputs)) >= 15, "the test model must be audio-sensitive"
+    assert stops == {"eos", "max_new_tokens"}  # both ways of stopping are exercised
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_prompt_changes_the_output(preset, tiny_bundles, clips) -> None:  # noqa: ANN001
+    tr = load_transcriber(str(tiny_bundles[preset]), "onnx", dither=0.0)
+    x = clips[5]
+    runs = {(lang, pnc): tr.transcribe_window(x, DecodeOptions(language=lang, punctuation=pnc,
+                                                               max_new_tokens=MAX_NEW))[1].logprobs
+            for lang in ("en", "es") for pnc in (True, False)}
+    assert len(set(runs.values())) == 4
+
+
+def decode_at(tr, x: np.ndarray, bucket: int, n_enc_delta: int = 0, unmasked: bool = False):  # noqa: ANN001
+    feats = log_mel(x, tr.features)
+    n = feats.shape[1]
+    enc = tr.backend.encode(pad_frames(feats, bucket), n)
+    prompt = [tr.tokenizer.piece_id(p) for p in ("\u2581", "<|startofcontext|>", "<|startoftranscript|>",
+                                                  "<|emo:undefined|>", "<|en|>", "<|en|>", "<|pnc|>",
+                                                  "<|noitn|>", "<|notimestamp|>", "<|nodiarize|>")]
+    bundle = tr.bundle
+    if unmasked:  # what the earlier port did: an all-zero additive cross mask over padding
+        tr.backend.bundle = replace(bundle, mask_value=0.0)
+    try:
+        return greedy_decode(tr.backend, enc, encoder_frames(n, 3) + n_enc_delta, prompt, MAX_NEW,
+                             DecodeOptions(ignore_eos=True))
+    finally:
+        tr.backend.bundle = bundle
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_exact_length_and_padded_agree(preset, tiny_bundles, clips) -> None:  # noqa: ANN001
+    """Bucket 1000 vs 3500 for the same clip: same log-probabilities; a missing cross mask or a +1 encoder
+    frame changes them (so this test can fail)."""
+    tr = load_transcriber(str(tiny_bundles[preset]), "onnx", dither=0.0)
+    x = next(c for c in clips if 3 * 16000 < len(c) < 9.9 * 16000)
+    small, full = decode_at(tr, x, 1000), decode_at(tr, x, 3500)
+    assert small.tokens == full.tokens
+    assert np.abs(np.array(small.logprobs) - np.array(full.logprobs)).max() <= 1e-4
+    plus_one = decode_at(tr, x, 3500, n_enc_delta=1)
+    unmasked = decode_at(tr, x, 3500, unmasked=True)
+    assert np.abs(np.array(plus_one.logprobs) - np.array(full.logprobs)).max() > 1e-3
+    assert np.abs(np.array(unmasked.logprobs) - np.array(full.logprobs)).max() > 1e-3
+
+
+def test_cross_inputs_pad_and_mask(tiny_bundles) -> None:  # noqa: ANN001
+    from daemon.backends import EncoderOutput
+
+    b = load_bundle(tiny_bundles["a"])
+    kv = np.ones((b.n_layers, 1, b.n_heads, 125, b.head_dim), np.float32)
+    k, v, mask = cross_inputs(b, EncoderOutput(np.zeros((1, 125, 8), np.float32), kv, kv), 100, np.dtype("float32"))
+    assert k.shape[3] == b.cross_frames == 438 and k[:, :, :, 125:].sum() == 0
+    assert (mask[..., :100] == 0).all() and (mask[..., 100:] == b.mask_value).all()
