@@ -47,6 +47,8 @@ class TinyPreset:
 PRESETS = {
     "a": TinyPreset(64, 2, 4, 128, 16, 64, 2, 4, 128, 384, 4.0),
     "b": TinyPreset(96, 3, 2, 192, 8, 48, 3, 2, 96, 420, 3.0),
+    # wide enough that weight matrices, not biases and norms, hold the bytes (as in the 2B model)
+    "wide": TinyPreset(256, 2, 4, 1024, 32, 128, 2, 4, 512, 384, 0.0),
 }
 
 

@@ -1,0 +1,302 @@
+"""Train the demo model: `python -m exporter.demo.train --out DIR [--seed 0] [--steps N] [--threads N]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import spm as spm_train
+from ..tiny import TinyPreset, tiny_config
+from . import grammar, synth
+
+LANGS = ("en", "es")
+PROMPT = ("\u2581", "<|startofcontext|>", "<|startoftranscript|>", "<|emo:undefined|>", "<|{lang}|>", "<|{lang}|>",
+          "<|nopnc|>", "<|noitn|>", "<|notimestamp|>", "<|nodiarize|>")
+CTC_WEIGHT = 0.5
+FIRST_TEXT_ID = 1 + len(spm_train.CONTROL_PIECES) + len(LANGS)  # after <unk>, controls, languages
+
+
+@dataclass
+class ClipSet:
+    """Audio clips with their transcripts and languages."""
+
+    audio: list[np.ndarray]
+    texts: list[str]
+    langs: list[str]
+
+    def hours(self) -> float:
+        return sum(len(a) for a in self.audio) / synth.SAMPLE_RATE / 3600
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m exporter.demo.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="run folder (cache/, checkpoint/)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads and espeak-ng workers")
+    ap.add_argument("--n-train", type=int, default=2500, help="training sentences per language")
+    ap.add_argument("--clips", type=int, default=3000, help="training clips per language (sentences cycled)")
+    ap.add_argument("--n-test", type=int, default=60, help="held-out sentences per language")
+    ap.add_argument("--batch", type=int, default=24)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--overfit", type=int, default=0,
+                    help="sanity check: train on this many clips (half per language) and evaluate on them")
+    args = ap.parse_args(argv)
+    if args.overfit:
+        args.n_train = args.clips = max(1, args.overfit // 2)
+    return args
+
+
+def pack(clips: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Flatten clips into one array plus offsets (npz without pickles)."""
+    offsets = np.cumsum([0] + [len(c) for c in clips]).astype(np.int64)
+    return {"audio": np.concatenate(clips).astype(np.float32), "offsets": offsets}
+
+
+def unpack(audio: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    return [audio[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def build_texts(args: argparse.Namespace) -> dict[str, list[tuple[str, str]]]:
+    """(text, lang) items for training clips, held-out sentences and the training sentences themselves."""
+    train, test, sents = [], [], []
+    for lang in LANGS:
+        tr, te = grammar.split(lang, args.n_train, args.n_test, args.seed)
+        train += [(tr[i % len(tr)], lang) for i in range(args.clips)]
+        test += [(t, lang) for t in te]
+        sents += [(t, lang) for t in tr]
+    return {"train": train, "test": test, "voice": test, "sentences": sents}
+
+
+def synthesize_sets(args: argparse.Namespace, items: dict[str, list[tuple[str, str]]]) -> dict[str, ClipSet]:
+    """Synthesize train / held-out (training voices) / held-out (unseen voice) clips, cached in DIR/cache."""
+    cache = args.out / "cache" / f"clips-s{args.seed}-n{args.n_train}-c{args.clips}-t{args.n_test}.npz"
+    plan = {"train": (args.seed, False), "test": (args.seed + 1000, False), "voice": (args.seed + 2000, True)}
+    if cache.is_file():
+        print(f"[data] using cached audio {cache}", file=sys.stderr)
+        z = np.load(cache)
+        audio = {k: unpack(z[f"{k}_audio"], z[f"{k}_offsets"]) for k in plan}
+    else:
+        synth.check_voices()
+        audio = {k: synth.synthesize_many(items[k], seed=s, heldout=h, workers=args.threads)
+                 for k, (s, h) in plan.items()}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"{k}_{n}": v for k in plan for n, v in pack(audio[k]).items()}
+        np.savez(cache, **arrays)
+    return {k: ClipSet(audio[k], [t for t, _ in items[k]], [lang for _, lang in items[k]]) for k in plan}
+
+
+def build_model(vocab_size: int, start_id: int):  # -> CohereAsrForConditionalGeneration
+    """The demo architecture: 128-wide 3-layer encoder, 128-wide 2-layer decoder, 512 positions."""
+    from transformers import CohereAsrForConditionalGeneration
+
+    preset = TinyPreset(enc_hidden=128, enc_layers=3, enc_heads=4, enc_ff=512, sub_channels=64, dec_hidden=128,
+                        dec_layers=2, dec_heads=4, dec_ff=512, vocab_size=vocab_size, eos_boost=0.0)
+    config = tiny_config(preset, max_positions=512)
+    config.decoder_start_token_id = start_id
+    model = CohereAsrForConditionalGeneration(config)
+    model.generation_config.decoder_start_token_id = start_id
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+    return model
+
+
+def prompt_ids(sp, lang: str) -> list[int]:
+    """The decoder prompt for `lang` as token ids (every piece must exist)."""
+    ids = [sp.piece_to_id(p.format(lang=lang)) for p in PROMPT]
+    assert 0 not in ids, f"prompt piece missing from tokenizer: {ids}"
+    return ids
+
+
+def decoder_batch(sp, texts: list[str], langs: list[str], pad_id: int, eos_id: int):
+    """Decoder inputs (prompt + text), next-token labels (-100 inside the prompt) and CTC targets."""
+    seqs, starts, ctc = [], [], []
+    for text, lang in zip(texts, langs):
+        prompt, body = prompt_ids(sp, lang), sp.encode(text)
+        seqs.append(prompt + body + [eos_id])
+        starts.append(len(prompt) - 1)
+        ctc.append(body)
+    width = max(len(s) for s in seqs) - 1
+    dec = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, (s, start) in enumerate(zip(seqs, starts)):
+        dec[i, :len(s) - 1] = torch.tensor(s[:-1])
+        labels[i, start:len(s) - 1] = torch.tensor(s[start + 1:])
+    return dec, labels, ctc
+
+
+def features(fe, clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    out = fe(clips, sampling_rate=synth.SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
+    return out["input_features"], out["attention_mask"]
+
+
+def batches(lengths: list[int], batch: int, rng: random.Random):
+    """Endless length-bucketed batches: shuffle, sort within windows of 50 batches, shuffle the batches."""
+    while True:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        chunks = []
+        for w in range(0, len(order), batch * 50):
+            window = sorted(order[w:w + batch * 50], key=lengths.__getitem__)
+            chunks += [window[i:i + batch] for i in range(0, len(window), batch)]
+        rng.shuffle(chunks)
+        yield from chunks
+
+
+def ctc_loss(head: nn.Linear, enc, targets: list[list[int]], blank: int) -> torch.Tensor:
+    """CTC on the encoder output through the training-only head (blank = the extra last class)."""
+    logp = head(enc.last_hidden_state).log_softmax(-1).transpose(0, 1)
+    in_lens = enc.attention_mask.sum(-1).long()
+    tgt = torch.tensor([t for seq in targets for t in seq], dtype=torch.long)
+    tgt_lens = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
+    return nn.functional.ctc_loss(logp, tgt, in_lens, tgt_lens, blank=blank, zero_infinity=True)
+
+
+def lr_lambda(warmup: int, steps: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+    return f
+
+
+@torch.no_grad()
+def transcribe(model, fe, sp, clips: list[np.ndarray], lang: str, batch: int = 32) -> list[str]:
+    """Greedy decode with model.generate and the language prompt."""
+    model.eval()
+    prompt = prompt_ids(sp, lang)
+    eos, hyps = model.config.eos_token_id, []
+    for i in range(0, len(clips), batch):
+        feats, mask = features(fe, clips[i:i + batch])
+        dec = torch.tensor([prompt] * feats.shape[0])
+        out = model.generate(input_features=feats, attention_mask=mask, decoder_input_ids=dec,
+                             max_new_tokens=64, do_sample=False, num_beams=1)
+        for row in out[:, len(prompt):].tolist():
+            row = row[:row.index(eos)] if eos in row else row
+            hyps.append(sp.decode([t for t in row if t >= FIRST_TEXT_ID]))
+    model.train()
+    return hyps
+
+
+def evaluate(model, fe, sp, clips: ClipSet, tag: str, show: int = 2) -> dict[str, float]:
+    """WER per language on `clips`, printed with a couple of examples."""
+    import jiwer
+    from tqdm import tqdm
+
+    result = {}
+    for lang in LANGS:
+        idx = [i for i, lg in enumerate(clips.langs) if lg == lang]
+        refs = [clips.texts[i] for i in idx]
+        hyps = transcribe(model, fe, sp, [clips.audio[i] for i in idx], lang)
+        result[lang] = round(float(jiwer.wer(refs, [h if h.strip() else "<empty>" for h in hyps])), 4)
+        tqdm.write(f"[eval {tag}] {lang} WER {result[lang]:.3f} ({len(refs)} clips)")
+        for r, h in list(zip(refs, hyps))[:show]:
+            tqdm.write(f"    ref: {r}\n    hyp: {h}")
+    return result
+
+
+def train(args: argparse.Namespace) -> None:
+    import sentencepiece
+    from tqdm import tqdm
+    from transformers import CohereAsrFeatureExtractor
+
+    t0 = time.time()
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = args.out / "checkpoint"
+
+    items = build_texts(args)
+    sets = synthesize_sets(args, items)
+    train_set = sets["train"]
+    evals = {"train": train_set} if args.overfit else {"heldout": sets["test"]}
+    tok_path = spm_train.train_tokenizer(sorted({t for t, _ in items["sentences"]}), 512,
+                                         ckpt_dir / "tokenizer.model", languages=LANGS)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tok_path))
+    start_id = sp.piece_to_id("\u2581")
+    model = build_model(sp.get_piece_size(), start_id)
+    cfg = model.config
+    for name, tid in (("<pad>", cfg.pad_token_id), ("<|endoftext|>", cfg.eos_token_id),
+                      ("<|startoftranscript|>", cfg.bos_token_id)):
+        assert sp.piece_to_id(name) == tid, f"{name} is {sp.piece_to_id(name)} in the tokenizer, {tid} in config"
+    assert start_id != sp.unk_id(), "tokenizer has no '\u2581' piece"
+    fe = CohereAsrFeatureExtractor()
+    head = nn.Linear(cfg.encoder_config.hidden_size, cfg.vocab_size + 1)
+    params = list(model.parameters()) + list(head.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[model] {n_params / 1e6:.2f} M parameters, vocab {cfg.vocab_size}; train {len(train_set.audio)} clips "
+          f"({train_set.hours():.2f} h)", file=sys.stderr)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.steps))
+    order = batches([len(a) for a in train_set.audio], args.batch, random.Random(args.seed))
+
+    model.train()
+    ema, history = None, {}
+    bar = tqdm(range(1, args.steps + 1), desc="train", unit="step", mininterval=5)
+    for step in bar:
+        idx = next(order)
+        feats, mask = features(fe, [train_set.audio[i] for i in idx])
+        dec, labels, ctc_tgt = decoder_batch(sp, [train_set.texts[i] for i in idx],
+                                             [train_set.langs[i] for i in idx], cfg.pad_token_id, cfg.eos_token_id)
+        enc = model.model.encoder(feats, attention_mask=mask)
+        out = model(encoder_outputs=enc, decoder_input_ids=dec, labels=labels)
+        ctc = ctc_loss(head, enc, ctc_tgt, blank=cfg.vocab_size)
+        loss = out.loss + CTC_WEIGHT * ctc
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{ema:.3f}", attn=f"{out.loss.item():.3f}", ctc=f"{ctc.item():.3f}")
+        if step % args.eval_every == 0 or step == args.steps:
+            history[step] = {k: evaluate(model, fe, sp, v, f"{k} @ {step}") for k, v in evals.items()}
+            history[step]["loss"] = round(ema, 4)
+    final = history[args.steps]
+    if not args.overfit:
+        final["unseen_voice"] = evaluate(model, fe, sp, sets["voice"], f"unseen voice @ {args.steps}")
+    save(args, model, fe, ckpt_dir, ema, final, history, sets, time.time() - t0)
+
+
+def save(args: argparse.Namespace, model, fe, ckpt_dir: Path, loss: float, final: dict, history: dict,
+         sets: dict[str, ClipSet], elapsed: float) -> None:
+    """save_pretrained + preprocessor config + training.json next to the tokenizer."""
+    model.eval()
+    model.save_pretrained(ckpt_dir)
+    fe.save_pretrained(ckpt_dir)
+    report = {
+        "command": "python -m exporter.demo.train " + " ".join(sys.argv[1:]),
+        "seed": args.seed, "steps": args.steps, "threads": args.threads, "batch": args.batch, "lr": args.lr,
+        "warmup": args.warmup, "ctc_weight": CTC_WEIGHT, "final_loss": round(loss, 4),
+        "wer": final, "history": history,
+        "data": {k: {"clips": len(v.audio), "hours": round(v.hours(), 3),
+                     "sentences": len(set(v.texts))} for k, v in sets.items()},
+        "voices": {"base": synth.BASE_VOICES, "train_variants": list(synth.TRAIN_VARIANTS),
+                   "unseen_variant": synth.HELDOUT_VARIANT, "heldout_set": "training voices, unseen sentences"},
+        "elapsed_s": round(elapsed, 1),
+    }
+    (ckpt_dir / "training.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(f"[done] {ckpt_dir} in {elapsed / 60:.1f} min; WER {json.dumps(final)}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    train(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
