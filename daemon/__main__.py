@@ -1,4 +1,7 @@
-"""python -m daemon transcribe FILE... — argparse → options → run; errors are one line, no traceback."""
+"""python -m daemon serve | transcribe | devices | export-transcript — argparse → options → run.
+
+Errors the user can fix are one line on stderr and exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from pathlib import Path
 
 from .errors import DaemonError
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "demo"
+from .config import DEFAULT_MODEL
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +30,56 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dither", type=float, default=None,
                    help="dither std added before features (default: the bundle's, 1e-5; 0 turns it off)")
     t.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text")
+    _serve_parser(sub)
+    sub.add_parser("devices", help="list audio input devices")
+    e = sub.add_parser("export-transcript", help="convert a JSONL transcript to srt, vtt or text")
+    e.add_argument("file", metavar="FILE.jsonl")
+    e.add_argument("--format", choices=["srt", "vtt", "text"], default="srt")
     return ap
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="listen to a source and stream live captions to websocket clients",
+                       description="Every flag is also a key of the --config TOML file (flags win).")
+    a = s.add_argument
+    a("--config", help="TOML file with any of these options (e.g. end_silence_ms = 800)")
+    a("--model", help="bundle folder (default: the bundled demo model)")
+    a("--backend", choices=["onnx", "coreml"], help="runtime (default: coreml on macOS when available, else onnx)")
+    a("--source", help="mic (default), an audio file, or - for raw s16le mono PCM on stdin")
+    a("--device", help="microphone name (substring) or index; see `python -m daemon devices`")
+    a("--fast", action="store_const", const=True, help="file source: as fast as possible, not real time")
+    a("--rate", type=int, help="sample rate of stdin PCM (default 16000)")
+    a("--host", help="address to listen on (default 127.0.0.1: this machine only)")
+    a("--port", type=int, help="port for websockets and GET /health (default 8765)")
+    a("--language", help="language code (default en)")
+    a("--no-punctuation", dest="punctuation", action="store_const", const=False,
+      help="lower-case captions without punctuation")
+    a("--max-new-tokens", type=int, help="token budget per segment")
+    a("--dither", type=float, help="input dither (default: the bundle's 1e-5; 0 turns it off)")
+    a("--vad-aggressiveness", type=int, choices=range(4), help="webrtcvad mode 0-3 (default 3)")
+    a("--pre-roll-ms", type=int, help="audio kept before speech onset (default 300)")
+    a("--end-silence-ms", type=int, help="silence that ends a segment (default 600)")
+    a("--min-speech-ms", type=int, help="segments with less speech are dropped (default 250)")
+    a("--min-level-dbfs", type=float, help="frames quieter than this are not speech (default -45)")
+    a("--partial-interval-ms", type=int, help="re-decode the open segment this often (default 500)")
+    a("--transcripts", help="folder for live JSONL transcripts (one line per final)")
+    a("--log-level", help="DEBUG, INFO (default), WARNING or ERROR")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .config import build_config
+    from .serve import run_daemon
+
+    cli = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    return run_daemon(build_config(cli, args.config))
+
+
+def _devices() -> int:
+    from .capture import list_devices
+
+    lines = list_devices()
+    print("\n".join(lines) if lines else "no audio input devices found")
+    return 0
 
 
 def _transcribe(args: argparse.Namespace) -> int:
@@ -52,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "transcribe":
             return _transcribe(args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "devices":
+            return _devices()
+        if args.command == "export-transcript":
+            from .transcripts import export_transcript
+
+            sys.stdout.write(export_transcript(args.file, args.format))
+            return 0
     except DaemonError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

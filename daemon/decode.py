@@ -30,6 +30,8 @@ class DecodeOptions:
     max_new_tokens: int | None = None  # None: the bundle's default (256 for the real model)
     ignore_eos: bool = False  # keep going past EOS (benchmarks force a token count this way)
     eos_logit_bias: float | None = None  # added to the EOS logit; None: the bundle's value (0 by default)
+    # loop guard (off in the offline reference path; the live daemon turns it on)
+    loop_guard: bool = False  # stop when the tail repeats one n-gram over and over (stop_reason "repetition")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class DecodeResult:
 
     tokens: tuple[int, ...]
     logprobs: tuple[float, ...]
-    stop_reason: str  # "eos" or "max_new_tokens"
+    stop_reason: str  # "eos", "max_new_tokens" or "repetition" (loop guard; the repeats are dropped)
 
 
 def build_prompt(bundle: Bundle, tokenizer: Tokenizer, language: str, punctuation: bool) -> list[int]:
@@ -129,7 +131,30 @@ def greedy_decode(
         logprobs.append(logprob)
         if on_token is not None:
             on_token(token)
+        if options.loop_guard and (keep := repetition_cut(tokens)) is not None:
+            del tokens[keep:], logprobs[keep:]
+            stop = "repetition"
+            break
     return DecodeResult(tuple(tokens), tuple(logprobs), stop)
+
+
+LOOP_MIN_REPEATS = 4  # an n-gram seen this many times in a row at the end ...
+LOOP_MIN_TOKENS = 12  # ... covering at least this many tokens is a loop, not speech
+
+
+def repetition_cut(tokens: list[int], max_n: int = 8) -> int | None:
+    """If the tail of `tokens` is one n-gram repeated in a loop, the length that keeps a single copy."""
+    for n in range(1, max_n + 1):
+        reps = max(LOOP_MIN_REPEATS, -(-LOOP_MIN_TOKENS // n))
+        if len(tokens) < n * reps:
+            continue
+        gram = tokens[-n:]
+        if all(tokens[-(k + 1) * n : len(tokens) - k * n] == gram for k in range(1, reps)):
+            start = len(tokens) - reps * n
+            while start >= n and tokens[start - n : start] == gram:  # walk back to the loop's first copy
+                start -= n
+            return start + n
+    return None
 
 
 def _pick(logits: npt.NDArray[np.generic], eos: int, eos_bias: float, ignore_eos: bool) -> tuple[int, float]:

@@ -4,7 +4,8 @@
      ├── BundleError            the model bundle is missing, malformed, or fails its checksums
      ├── BackendError           a backend cannot run here (Core ML off macOS, missing runtime package)
      ├── AudioError             an audio input cannot be read, is empty, or has the wrong format
-     └── ConfigError            an option has a bad value (unknown language, too many tokens, ...)
+     ├── ConfigError            an option has a bad value (unknown language, too many tokens, ...)
+     └── CaptureError           an audio device is missing, unusable, or cannot be opened
 """
 
 from __future__ import annotations
@@ -28,3 +29,7 @@ class AudioError(DaemonError):
 
 class ConfigError(DaemonError):
     """An option has a value the daemon cannot use."""
+
+
+class CaptureError(DaemonError):
+    """An audio input device is missing, unusable, or cannot be opened."""

@@ -1,0 +1,315 @@
+"""Voice activity segmenter (webrtcvad + an energy gate): frames in, segment events out, no I/O.
+
+State machine, one fixed-size frame per `Segmenter.push`:
+
+    idle ──speech frame──▶ pending ──min_speech_frames speech frames──▶ open (SpeechStarted)
+      ▲                       │                                            │
+      └── SegmentDropped ◀────┴── end_silence_frames non-speech in a row ──┴──▶ SegmentClosed("silence")
+
+- idle keeps only a pre-roll ring (the last pre_roll_frames of audio), so a segment starts before its
+  first speech frame and the first word is not clipped. Silence and noise never produce an event.
+- pending and open keep every frame. A pending segment that goes quiet is dropped (a blip), and its id is
+  not used up: segment ids count 0, 1, 2, ... over emitted segments and are assigned at SpeechStarted.
+- An open segment longer than max_segment_samples is cut at the quietest block of its last split_search_s,
+  the reference's rule (daemon.audio.split_windows); the audio after the cut becomes the next segment, with
+  SpeechStarted emitted at once since speech is ongoing. Only if everything after the cut lies in the
+  current run of non-speech frames does the segmenter go idle instead (that tail is kept as pre-roll).
+- Pre-roll never reaches back before the end of the previous emitted segment, so emitted segments do not
+  overlap, and across a max-length cut their audio is contiguous (no sample lost or repeated).
+
+All positions are sample indices on one stream clock: 0 is the first sample of the first frame pushed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import webrtcvad
+
+from .audio import _quietest_block
+
+VAD_SAMPLE_RATES = (8000, 16000, 32000, 48000)  # what webrtcvad accepts
+VAD_FRAME_MS = (10, 20, 30)
+
+IsSpeech = Callable[[bytes, int], bool]  # (16-bit little-endian PCM frame, sample_rate) -> speech?
+
+
+@dataclass(frozen=True)
+class VadOptions:
+    # detector
+    aggressiveness: int = 3  # webrtcvad mode, 0 (lenient) to 3 (strict)
+    frame_ms: int = 30  # 10, 20 or 30: the frame size push() takes
+    min_level_dbfs: float = -45.0  # frames with RMS below this (re 1.0) are non-speech; -inf disables
+    sample_rate: int = 16000  # 8000, 16000, 32000 or 48000
+    # segmenting (times are rounded up to whole frames)
+    pre_roll_ms: int = 300  # audio kept before the first speech frame
+    end_silence_ms: int = 600  # this much non-speech in a row closes a segment
+    min_speech_ms: int = 250  # speech needed before SpeechStarted; shorter segments are dropped
+    # long segments, cut like the reference (daemon.audio.split_windows)
+    max_segment_s: float = 35.0
+    split_search_s: float = 5.0  # the cut is in the last split_search_s of a full segment
+    split_block_samples: int = 1600  # ... at the start of its quietest block of this size
+
+    def __post_init__(self) -> None:
+        if self.aggressiveness not in (0, 1, 2, 3):
+            raise ValueError(f"aggressiveness must be 0, 1, 2 or 3, not {self.aggressiveness}")
+        if self.frame_ms not in VAD_FRAME_MS:
+            raise ValueError(f"frame_ms must be one of {VAD_FRAME_MS} (webrtcvad), not {self.frame_ms}")
+        if self.sample_rate not in VAD_SAMPLE_RATES:
+            raise ValueError(f"sample_rate must be one of {VAD_SAMPLE_RATES} (webrtcvad), not {self.sample_rate}")
+        if math.isnan(self.min_level_dbfs) or self.min_level_dbfs > 0:
+            raise ValueError(f"min_level_dbfs must be ≤ 0 (or -inf), not {self.min_level_dbfs}")
+        for name in ("pre_roll_ms", "min_speech_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, not {getattr(self, name)}")
+        if self.end_silence_ms <= 0:
+            raise ValueError(f"end_silence_ms must be > 0, not {self.end_silence_ms}")
+        if self.split_block_samples <= 0:
+            raise ValueError(f"split_block_samples must be > 0, not {self.split_block_samples}")
+        if self.split_search_samples <= 0:
+            raise ValueError(f"split_search_s must be > 0, not {self.split_search_s}")
+        # A segment must hold its pre-roll and first frame, and the audio left after a cut must fit in one.
+        need = max(self.pre_roll_frames * self.frame_samples, self.split_search_samples) + self.frame_samples
+        if self.max_segment_samples < need:
+            raise ValueError(f"max_segment_s={self.max_segment_s} is too short: it must hold "
+                             f"max(pre-roll, split_search_s) plus one frame ({need} samples)")
+
+    @property
+    def frame_samples(self) -> int:
+        return self.sample_rate * self.frame_ms // 1000
+
+    @property
+    def pre_roll_frames(self) -> int:
+        return _ceil_div(self.pre_roll_ms, self.frame_ms)
+
+    @property
+    def end_silence_frames(self) -> int:
+        return _ceil_div(self.end_silence_ms, self.frame_ms)
+
+    @property
+    def min_speech_frames(self) -> int:
+        return _ceil_div(self.min_speech_ms, self.frame_ms)
+
+    @property
+    def max_segment_samples(self) -> int:
+        return round(self.max_segment_s * self.sample_rate)
+
+    @property
+    def split_search_samples(self) -> int:
+        return round(self.split_search_s * self.sample_rate)
+
+    @property
+    def min_level_rms(self) -> float:
+        return 10.0 ** (self.min_level_dbfs / 20.0)  # 0.0 for -inf: the gate never fires
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """Segment `segment` holds speech; its audio begins at sample `start` (pre-roll included)."""
+
+    segment: int
+    start: int
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentClosed:
+    """Segment `segment` is complete: samples [start, end), reason "silence", "max_length" or "flush"."""
+
+    segment: int
+    start: int
+    end: int
+    audio: npt.NDArray[np.float32] = field(repr=False, compare=False)  # float32 (end - start,), mono
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentDropped:
+    """A segment closed before min_speech_ms of speech; no SpeechStarted was sent and its id is reused."""
+
+    segment: int
+    start: int
+    end: int
+
+
+SegmentEvent = SpeechStarted | SegmentClosed | SegmentDropped
+
+
+class Segmenter:
+    """Cuts a stream of fixed-size frames into speech segments (see the module docstring).
+
+    Args:
+        options: the segmenting options.
+        is_speech: frame classifier, called with 16-bit PCM bytes and the sample rate; by default
+            webrtcvad at options.aggressiveness. It only sees frames that pass the energy gate.
+    """
+
+    def __init__(self, options: VadOptions, is_speech: IsSpeech | None = None) -> None:
+        self.options = options
+        self._is_speech = is_speech or webrtcvad.Vad(options.aggressiveness).is_speech
+        self._n_samples_seen = 0  # stream clock: samples pushed so far
+        self._next_id = 0
+        self._ring = np.zeros(0, np.float32)  # idle: the pre-roll, at most pre_roll_frames of audio
+        self._buf: npt.NDArray[np.float32] | None = None  # open: segment audio in _buf[:_n]
+        self._n = 0
+        self._start = 0
+        self._segment: int | None = None  # set once SpeechStarted is sent
+        self._n_speech = 0
+        self._n_trailing = 0  # non-speech frames since the last speech frame
+
+    # -- state the caller may read ------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """True while a segment is open, whether or not SpeechStarted was sent for it yet."""
+        return self._buf is not None
+
+    @property
+    def current_segment(self) -> int | None:
+        """Id of the open segment once SpeechStarted was sent for it; None when idle or still pending."""
+        return self._segment
+
+    @property
+    def current_start(self) -> int | None:
+        """Stream sample where the open segment's audio begins; None when idle."""
+        return self._start if self.is_open else None
+
+    @property
+    def speech_frames_total(self) -> int:
+        """Speech frames pushed into the open segment so far (only grows while it is open; 0 when idle)."""
+        return self._n_speech
+
+    def current_audio(self) -> npt.NDArray[np.float32]:
+        """A copy of the open segment's audio so far, float32 (n,); empty when idle."""
+        return np.zeros(0, np.float32) if self._buf is None else self._buf[: self._n].copy()
+
+    # -- input --------------------------------------------------------------------------------------
+
+    def push(self, frame: npt.NDArray[np.floating]) -> list[SegmentEvent]:
+        """Feed the next frame and return the events it causes (usually none).
+
+        Args:
+            frame: float32 (frame_samples,) mono samples in [-1, 1].
+
+        Raises:
+            ValueError: if the frame is not one-dimensional with exactly frame_samples samples.
+        """
+        x = self._check_frame(frame)
+        speech = self._classify(x)
+        frame_start = self._n_samples_seen
+        self._n_samples_seen += x.shape[0]
+        if not self.is_open:
+            if not speech:
+                self._remember(x)
+                return []
+            self._open(frame_start)
+        self._append(x)
+        self._n_speech += speech
+        self._n_trailing = 0 if speech else self._n_trailing + 1
+        return self._advance()
+
+    def flush(self) -> list[SegmentEvent]:
+        """Close the open segment now (end of stream, finalize): SegmentClosed("flush"), or SegmentDropped
+        if it never reached min speech; [] when idle. The stream clock keeps running."""
+        if not self.is_open:
+            return []
+        return [self._close("flush")]
+
+    # -- steps --------------------------------------------------------------------------------------
+
+    def _check_frame(self, frame: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        x = np.asarray(frame, dtype=np.float32)
+        if x.shape != (self.options.frame_samples,):
+            raise ValueError(f"a frame must hold {self.options.frame_samples} samples "
+                             f"({self.options.frame_ms} ms at {self.options.sample_rate} Hz), got shape {x.shape}")
+        return x
+
+    def _classify(self, x: npt.NDArray[np.float32]) -> bool:
+        # webrtcvad alone flags some white-noise frames as speech; the gate keeps quiet frames from it.
+        if np.sqrt(np.mean(np.square(x, dtype=np.float64))) < self.options.min_level_rms:
+            return False
+        return bool(self._is_speech(_to_pcm16(x), self.options.sample_rate))
+
+    def _remember(self, x: npt.NDArray[np.float32]) -> None:
+        keep = self.options.pre_roll_frames * self.options.frame_samples
+        if keep:
+            self._ring = np.concatenate([self._ring, x])[-keep:]
+
+    def _open(self, frame_start: int) -> None:
+        o = self.options
+        self._buf = np.empty(o.max_segment_samples + o.frame_samples, np.float32)
+        self._n = len(self._ring)
+        self._buf[: self._n] = self._ring
+        self._start = frame_start - self._n
+        self._ring = np.zeros(0, np.float32)
+        self._segment, self._n_speech, self._n_trailing = None, 0, 0
+
+    def _append(self, x: npt.NDArray[np.float32]) -> None:
+        assert self._buf is not None
+        self._buf[self._n : self._n + len(x)] = x
+        self._n += len(x)
+
+    def _advance(self) -> list[SegmentEvent]:
+        """Events due after a frame was added to the open segment: start, max-length cut, silence end."""
+        events: list[SegmentEvent] = []
+        if self._segment is None and self._n_speech >= self.options.min_speech_frames:
+            events.append(self._confirm())
+        if self._n > self.options.max_segment_samples:
+            events += self._cut()
+        if self.is_open and self._n_trailing >= self.options.end_silence_frames:
+            events.append(self._close("silence"))
+        return events
+
+    def _confirm(self) -> SpeechStarted:
+        self._segment, self._next_id = self._next_id, self._next_id + 1
+        return SpeechStarted(self._segment, self._start)
+
+    def _cut(self) -> list[SegmentEvent]:
+        """Close the full segment at its quietest block (the reference's rule); carry the rest on."""
+        assert self._buf is not None
+        o = self.options
+        events: list[SegmentEvent] = [] if self._segment is not None else [self._confirm()]
+        hi = o.max_segment_samples
+        cut = _quietest_block(self._buf[: self._n], hi - o.split_search_samples, hi, o.split_block_samples)
+        rest = self._buf[cut : self._n].copy()
+        events.append(self._emit_closed(cut, "max_length"))
+        if len(rest) <= self._n_trailing * o.frame_samples:  # nothing but non-speech after the cut
+            self._go_idle(rest)
+            return events
+        self._buf[: len(rest)] = rest
+        self._n, self._start = len(rest), self._start + cut
+        self._n_speech = 0  # counts speech frames pushed from here on
+        events.append(self._confirm())
+        return events
+
+    def _close(self, reason: str) -> SegmentClosed | SegmentDropped:
+        if self._segment is None:  # never reached min speech: a blip
+            assert self._buf is not None
+            dropped = SegmentDropped(self._next_id, self._start, self._start + self._n)
+            self._go_idle(self._buf[: self._n])
+            return dropped
+        closed = self._emit_closed(self._n, reason)
+        self._go_idle(np.zeros(0, np.float32))  # no pre-roll from audio already sent
+        return closed
+
+    def _emit_closed(self, n: int, reason: str) -> SegmentClosed:
+        assert self._buf is not None and self._segment is not None
+        return SegmentClosed(self._segment, self._start, self._start + n, self._buf[:n].copy(), reason)
+
+    def _go_idle(self, tail: npt.NDArray[np.float32]) -> None:
+        self._ring = np.zeros(0, np.float32)
+        self._remember(np.asarray(tail, np.float32).copy())
+        self._buf, self._n, self._segment = None, 0, None
+        self._n_speech, self._n_trailing = 0, 0
+
+
+def _to_pcm16(x: npt.NDArray[np.float32]) -> bytes:
+    """float32 in [-1, 1] to 16-bit little-endian PCM bytes, as webrtcvad reads them."""
+    return (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
