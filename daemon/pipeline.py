@@ -66,13 +66,13 @@ class CaptionEngine:
     """Turns audio frames into caption events; `emit` delivers each event (to clients and transcripts)."""
 
     def __init__(self, config: DaemonConfig, transcriber: Transcriber, emit: Callable[[Event], None],
-                 sample_rate: int = 16000) -> None:
+                 sample_rate: int = 16000, is_speech: Callable[[bytes, int], bool] | None = None) -> None:
         self.config = config
         self.transcriber = transcriber
         self.emit = emit
         self.sample_rate = sample_rate
         self.settings = Settings(config.language, config.punctuation, paused=False)
-        self.segmenter = Segmenter(config.vad_options())
+        self.segmenter = Segmenter(config.vad_options(), is_speech)  # is_speech: tests inject one
         self._options = config.decode_options()
         self._open: _Open | None = None
         self._finals: deque[_Job] = deque()
