@@ -175,12 +175,14 @@ def parse_command(raw: str | bytes, max_bytes: int = 4096) -> Command:
     """
     if isinstance(raw, bytes):
         raise BadMessage("bad_message", "binary messages are not accepted; send JSON text")
-    if len(raw) > max_bytes:
+    if len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
         raise BadMessage("bad_message", f"message longer than {max_bytes} bytes")
     try:
         msg = json.loads(raw)
     except json.JSONDecodeError as e:
         raise BadMessage("bad_json", f"not JSON: {e.msg}") from e
+    except RecursionError as e:  # "[[[[..." nested deeper than the parser allows
+        raise BadMessage("bad_json", "not JSON: nested too deeply") from e
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise BadMessage("bad_message", "a message is a JSON object with a string field 'type'")
     kind = msg["type"]
@@ -201,7 +203,7 @@ def parse_command(raw: str | bytes, max_bytes: int = 4096) -> Command:
         return Command(kind, language=lang, punctuation=pnc)
     if kind == "ping":
         pid = msg.get("id")
-        if pid is not None and not isinstance(pid, (str, int)):
+        if pid is not None and (not isinstance(pid, (str, int)) or isinstance(pid, bool)):
             raise BadMessage("bad_value", "ping id must be a string or an integer")
         return Command(kind, id=pid)
     return Command(kind)

@@ -1,0 +1,187 @@
+"""CaptionServer with real websocket clients on 127.0.0.1: fan-out, slow clients, bad messages, /health."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import statistics
+import time
+import urllib.request
+
+import pytest
+from websockets.asyncio.client import connect
+
+from daemon.messages import PROTOCOL, Command, Final, Hello, Partial, Pong, Settings
+from daemon.server import CLOSE_TOO_SLOW, SEND_QUEUE, CaptionServer
+
+SETTINGS = Settings("en", True, False)
+
+
+def make_server() -> CaptionServer:
+    def on_command(cmd: Command):  # noqa: ANN202
+        return Pong(cmd.id) if cmd.type == "ping" else None
+
+    return CaptionServer("127.0.0.1", 0, lambda: Hello(PROTOCOL, "test", "onnx", SETTINGS, []), on_command,
+                         lambda: {"status": "ok", "queue_depth": 0})
+
+
+async def reader(url: str, out: list, stop_after: int) -> None:
+    async with connect(url) as ws:
+        while len(out) < stop_after:
+            m = json.loads(await ws.recv())
+            out.append((time.monotonic(), m))
+
+
+def stalled_socket(port: int) -> socket.socket:
+    """A raw websocket client with a tiny receive buffer that never reads after the handshake."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert b" 101 " in head
+    return s
+
+
+def close_code(data: bytes) -> int | None:
+    """Walk unmasked server frames; return the code of the close frame, if any."""
+    i = 0
+    while i + 2 <= len(data):
+        op, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n, i = int.from_bytes(data[i : i + 2], "big"), i + 2
+        elif n == 127:
+            n, i = int.from_bytes(data[i : i + 8], "big"), i + 8
+        if op == 0x8:
+            return int.from_bytes(data[i : i + 2], "big")
+        i += n
+    return None
+
+
+async def drain_close_code(sock: socket.socket, timeout: float = 5.0) -> int | None:
+    """Read everything the server queued for the stalled client; return the close code at its end."""
+    sock.setblocking(False)
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and close_code(data) is None:
+        try:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        except BlockingIOError:
+            await asyncio.sleep(0.005)
+        except ConnectionResetError:
+            break
+    return close_code(data)
+
+
+async def fan_out(n_clients: int, with_stalled: bool) -> tuple[list[list], list[float], int | None]:
+    """20 rounds of (big partials, a final); clients read as fast as they can, one maybe never reads."""
+    server = make_server()
+    await server.start()
+    url = f"ws://127.0.0.1:{server.port}"
+    n_finals, per_round = 20, 40
+    outs: list[list] = [[] for _ in range(n_clients)]
+    tasks = [asyncio.create_task(reader(url, o, 1 + n_finals * (per_round + 2))) for o in outs]
+    stalled = await asyncio.to_thread(stalled_socket, server.port) if with_stalled else None
+    while server.n_clients < n_clients + with_stalled:
+        await asyncio.sleep(0.01)
+    sent_at, code = {}, None
+    filler = "x" * 16000  # partials big enough to fill a stalled socket's kernel buffers quickly
+    for k in range(n_finals):
+        for _ in range(per_round):
+            server.broadcast(Partial(k, float(k), "", filler))
+        seq = server.broadcast(Final(k, float(k), k + 0.5, f"final {k}", "en", "eos"))
+        sent_at[seq] = time.monotonic()
+        server.broadcast(Partial(k, float(k), "", "tail"))
+        while min(len(o) for o in outs) < 1 + (k + 1) * (per_round + 2):  # let readers catch up
+            await asyncio.sleep(0.002)
+        if stalled is not None and code is None and server.n_clients == n_clients:
+            code = await drain_close_code(stalled)  # the server gave up on it: read what it sent
+    await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    if stalled is not None:
+        stalled.close()
+    await server.close()
+    delays = [t - sent_at[m["seq"]] for o in outs for t, m in o if m["type"] == "final"]
+    return outs, delays, code
+
+
+def test_twenty_clients_get_identical_finals_and_a_stalled_client_is_cut_off() -> None:
+    outs, delays_without, _ = asyncio.run(fan_out(20, with_stalled=False))
+    finals = [[(m["seq"], m["text"]) for _, m in o if m["type"] == "final"] for o in outs]
+    assert len(finals[0]) == 20 and all(f == finals[0] for f in finals)
+    outs, delays_with, code = asyncio.run(fan_out(20, with_stalled=True))
+    assert code == CLOSE_TOO_SLOW
+    assert all([m["text"] for _, m in o if m["type"] == "final"] == [f"final {k}" for k in range(20)] for o in outs)
+    extra = statistics.median(delays_with) - statistics.median(delays_without)
+    print(f"final delay median without/with a stalled client: {statistics.median(delays_without) * 1000:.1f} / "
+          f"{statistics.median(delays_with) * 1000:.1f} ms; p95 with: "
+          f"{sorted(delays_with)[int(0.95 * len(delays_with))] * 1000:.1f} ms")
+    assert extra <= 0.100
+
+
+def test_bad_messages_get_an_error_and_the_connection_survives() -> None:
+    async def scenario() -> list[dict]:
+        server = make_server()
+        await server.start()
+        got = []
+        async with connect(f"ws://127.0.0.1:{server.port}") as ws:
+            got.append(json.loads(await ws.recv()))  # hello
+            for bad in ("garbage", "[1,2]", '{"type": "explode"}', '{"type": "configure", "language": 5}',
+                        '{"type": "pause", "extra": 1}', b"\x00\x01"):
+                await ws.send(bad)
+                got.append(json.loads(await ws.recv()))
+            await ws.send('{"type": "ping", "id": 7}')
+            got.append(json.loads(await ws.recv()))
+        await server.close()
+        return got
+
+    got = asyncio.run(scenario())
+    assert got[0]["type"] == "hello" and got[0]["protocol"] == PROTOCOL
+    assert [g["code"] for g in got[1:-1]] == ["bad_json", "bad_message", "unknown_type", "bad_value",
+                                              "bad_message", "bad_message"]
+    assert got[-1] == {"type": "pong", "seq": 0, "id": 7}
+
+
+def test_health_and_hello_replay_recent_finals() -> None:
+    async def scenario() -> tuple[dict, dict]:
+        server = make_server()
+        await server.start()
+        for k in range(3):
+            server.broadcast(Final(k, float(k), k + 0.5, f"t{k}", "en", "eos"))
+        health = await asyncio.to_thread(lambda: json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{server.port}/health", timeout=5).read()))
+        async with connect(f"ws://127.0.0.1:{server.port}") as ws:
+            hello = json.loads(await ws.recv())
+        await server.close()
+        return health, hello
+
+    health, hello = asyncio.run(scenario())
+    assert health == {"status": "ok", "queue_depth": 0}
+    assert hello["seq"] == 3 and [f["text"] for f in hello["finals"]] == ["t0", "t1", "t2"]
+    assert [f["seq"] for f in hello["finals"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("path", ["/nope", "/favicon.ico"])
+def test_unknown_path_is_404(path: str) -> None:
+    async def scenario() -> int:
+        server = make_server()
+        await server.start()
+        try:
+            await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{server.port}{path}", timeout=5)
+        except urllib.error.HTTPError as e:
+            return e.code
+        finally:
+            await server.close()
+        return 200
+
+    assert asyncio.run(scenario()) == 404
