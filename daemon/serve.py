@@ -24,6 +24,9 @@ class Daemon:
         self.config = config
         self.engine: Any = None
         self.started = time.monotonic()
+        from .bundle import load_bundle
+
+        self.bundle = load_bundle(config.model)  # fail fast, before listening, on a bad bundle
         self.source = open_source(config.source, config.device, config.rate, config.fast)
         self.server = CaptionServer(config.host, config.port, self._hello, self._command, self._health)
         self.writer = TranscriptWriter(config.transcripts) if config.transcripts else None
@@ -100,7 +103,7 @@ class Daemon:
 
         c = self.config
         t0 = time.monotonic()
-        tr = await asyncio.to_thread(load_transcriber, c.model, c.backend, c.dither)
+        tr = await asyncio.to_thread(load_transcriber, self.bundle, c.backend, c.dither)
         self.backend_name = tr.backend.name
         self.model_name = str(tr.bundle.manifest.get("source", {}).get("checkpoint", c.model))
         self.engine = CaptionEngine(c, tr, self.emit)

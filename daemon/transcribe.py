@@ -82,11 +82,11 @@ class Transcriber:
                           result.tokens, result.logprobs, result.stop_reason)
 
 
-def load_transcriber(model: str, backend: str | None = None, dither: float | None = None) -> Transcriber:
-    """Load a bundle folder with its tokenizer and the chosen backend (None: this machine's default)."""
+def load_transcriber(model: str | Bundle, backend: str | None = None, dither: float | None = None) -> Transcriber:
+    """Load a bundle (folder or already validated) with its tokenizer and a backend (None: the default here)."""
     from .backends import get_backend
     from .bundle import load_bundle
 
-    bundle = load_bundle(model)
+    bundle = model if isinstance(model, Bundle) else load_bundle(model)
     tokenizer = Tokenizer(bundle.tokenizer_path)
     return Transcriber(bundle, get_backend(bundle, backend), tokenizer, dither)

@@ -7,6 +7,11 @@ need_apt=()
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 command -v sox >/dev/null || need_apt+=(sox)
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need_apt+=(libportaudio2)
+# the end-to-end tests: a virtual microphone (PulseAudio null sink) and a terminal for the CLI client
+command -v pulseaudio >/dev/null || need_apt+=(pulseaudio)
+command -v pactl >/dev/null || need_apt+=(pulseaudio-utils)
+[ -e /usr/share/alsa/alsa.conf.d/50-pulseaudio.conf ] || need_apt+=(libasound2-plugins)
+command -v tmux >/dev/null || need_apt+=(tmux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup] apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

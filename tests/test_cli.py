@@ -122,3 +122,19 @@ def test_unreadable_and_empty_audio(tiny_bundles, tmp_path: Path) -> None:  # no
     sf.write(empty, np.zeros(0, np.float32), 16000)
     one_line_error(run(str(empty), "--model", str(tiny_bundles["a"])), "no audio samples")
     one_line_error(run(str(tmp_path / "missing.wav"), "--model", str(tiny_bundles["a"])), "no such audio file")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--model", "/nonexistent"], ["not a folder"]),
+    (["--source", "/nonexistent.wav"], ["no such audio file"]),
+    (["--source", "mic", "--device", "no-such-microphone"], ["input device"]),
+    (["--language", "xx"], ["unknown language 'xx'"]),
+    (["--end-silence-ms", "1"], ["end_silence_ms must be"]),
+])
+def test_serve_errors_are_one_line(tiny_bundles, wav: Path, args: list[str], words: list[str]) -> None:  # noqa: ANN001
+    base = ["--model", str(tiny_bundles["a"]), "--source", str(wav), "--port", "0"]
+    r = subprocess.run([sys.executable, "-m", "daemon", "serve", *base, *args], capture_output=True, text=True,
+                       timeout=60, env={**__import__("os").environ, "HOME": "/nonexistent-home"})
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    assert all(w in lines[0] for w in words), lines[0]
