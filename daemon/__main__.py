@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-from .errors import DaemonError
 
 from .config import DEFAULT_MODEL
+from .errors import DaemonError
 
 
 def _parser() -> argparse.ArgumentParser:

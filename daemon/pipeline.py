@@ -23,7 +23,7 @@ from .config import DaemonConfig
 from .decode import DecodeOptions, DecodeResult
 from .messages import Event, Final, Partial, Settings, SpeechStarted, SpeechStopped, Status
 from .transcribe import Transcriber
-from .vad import SegmentClosed, Segmenter, SegmentDropped
+from .vad import SegmentClosed, SegmentDropped, Segmenter
 from .vad import SpeechStarted as VadSpeechStarted
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,9 @@ class CaptionEngine:
                 seg.stable = words[:agreed]
         seg.previous = words
         rest = words[common_prefix(seg.stable, words):]
-        self.emit(Partial(job.segment, job.start / sr, " ".join(seg.stable), " ".join(rest)))
+        stable = " ".join(seg.stable)
+        unstable = (" " if stable and rest else "") + " ".join(rest)  # stable + unstable is the whole text
+        self.emit(Partial(job.segment, job.start / sr, stable, unstable))
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until every queued final has been decoded and emitted."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
+from .audio import split_windows
 from .backends import Backend
 from .bundle import Bundle, encoder_frames
 from .decode import DecodeOptions, DecodeResult, build_prompt, greedy_decode, resolve_max_new_tokens
@@ -64,8 +65,6 @@ class Transcriber:
 
     def windows(self, samples: npt.NDArray[np.float32]) -> list[tuple[int, int]]:
         """Split audio longer than the model's window at the quietest point near each boundary."""
-        from .audio import split_windows
-
         sr = self.sample_rate
         b = self.bundle
         return split_windows(samples, int(round(b.max_window_seconds * sr)),

@@ -79,7 +79,9 @@ def export_bundle(ckpt: Checkpoint, out: Path, opts: ExportOptions) -> Path:
             entry["encoders"][str(what)] = graph
         files.append(rel)
         if backend == "coreml":
-            entry["minimum_deployment_target"] = __import__("exporter.to_coreml", fromlist=["TARGET"]).TARGET
+            from .to_coreml import TARGET
+
+            entry["minimum_deployment_target"] = TARGET
 
     t0 = _step("writing manifest.json with checksums")
     manifest = build_manifest(dims=dims, buckets=list(opts.buckets), feature_extractor=ckpt.feature_extractor,

@@ -57,7 +57,9 @@ def quantize_int8(path: Path) -> None:
     """Rewrite an .mlpackage with INT8 per-channel linear-symmetric weights (weight-only, activations FP16)."""
     ct = _ct()
     import coremltools.optimize.coreml as cto
+    from tqdm import tqdm
 
+    tqdm.write(f"[export]   quantizing {path.name}: INT8 per-channel weights")
     config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
         mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=INT8_WEIGHT_THRESHOLD))
     with warnings.catch_warnings():

@@ -148,3 +148,12 @@ def test_silent_microphone_warning(real) -> None:  # noqa: ANN001
     warnings = [e for e in events if isinstance(e, Status) and e.code == "silent_microphone"]
     assert len(warnings) == 1 and warnings[0].level == "warning"
     engine.close()
+
+
+def test_stable_plus_unstable_is_the_whole_text(real) -> None:  # noqa: ANN001
+    events = asyncio.run(run_engine(ScriptedModel(real, jitter_last=False), stream(), DaemonConfig()))
+    partials = [e for e in events if isinstance(e, Partial) and e.stable and e.unstable]
+    assert partials
+    for p in partials:
+        text = p.stable + p.unstable
+        assert text.split() == p.stable.split() + p.unstable.split() and "  " not in text

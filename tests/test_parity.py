@@ -129,3 +129,17 @@ def test_cross_inputs_pad_and_mask(tiny_bundles) -> None:  # noqa: ANN001
     k, v, mask = cross_inputs(b, EncoderOutput(np.zeros((1, 125, 8), np.float32), kv, kv), 100, np.dtype("float32"))
     assert k.shape[3] == b.cross_frames == 438 and k[:, :, :, 125:].sum() == 0
     assert (mask[..., :100] == 0).all() and (mask[..., 100:] == b.mask_value).all()
+
+
+def test_loop_guard_stops_a_repeating_decode(tiny_bundles, clips) -> None:  # noqa: ANN001
+    """Random models loop; the guard ends such a decode early and keeps a prefix of the unguarded tokens."""
+    tr = load_transcriber(str(tiny_bundles["a"]), "onnx", dither=0.0)
+    guarded = 0
+    for x in clips[:10]:
+        free = tr.transcribe_window(x, DecodeOptions(max_new_tokens=60))[1]
+        cut = tr.transcribe_window(x, DecodeOptions(max_new_tokens=60, loop_guard=True))[1]
+        assert free.tokens[: len(cut.tokens)] == cut.tokens
+        if cut.stop_reason == "repetition":
+            guarded += 1
+            assert len(cut.tokens) < len(free.tokens)
+    assert guarded >= 1

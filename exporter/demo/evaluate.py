@@ -1,0 +1,93 @@
+"""Measure the demo model through the daemon: held-out sentences → espeak-ng → `python -m daemon transcribe`.
+
+    python -m exporter.demo.evaluate [--model models/demo] [--n 60] [--seed 7] [--out FILE.json]
+
+Per language (en, es): WER on sentences never seen in training spoken by training voices, and by a voice
+variant never used in training; plus a check that the language prompt matters (English audio decoded with
+the Spanish prompt gives other tokens). It runs the daemon's own command line on the ONNX bundle, not torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jiwer
+import soundfile as sf
+
+from . import grammar, synth
+
+ROOT = Path(__file__).resolve().parents[2]
+# The training recipe's split (exporter/demo/train.py defaults): these sentences are not in its training set.
+TRAIN_SPLIT = {"n_train": 2500, "n_test": 60, "seed": 0}
+
+
+def heldout_sentences(lang: str, n: int) -> list[str]:
+    """Sentences the demo model never heard in training."""
+    test = grammar.split(lang, TRAIN_SPLIT["n_train"], TRAIN_SPLIT["n_test"], TRAIN_SPLIT["seed"])[1]
+    return test[:n]
+
+
+def transcribe(model: str, wavs: list[Path], language: str) -> list[dict]:
+    """`python -m daemon transcribe --format json` on every file, one process; one dict per file."""
+    cmd = [sys.executable, "-m", "daemon", "transcribe", *map(str, wavs), "--model", model, "--language", language,
+           "--format", "json", "--backend", "onnx", "--no-punctuation"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def text_of(doc: dict) -> str:
+    return " ".join(s["text"] for s in doc["segments"]).strip()
+
+
+def evaluate(model: str, lang: str, n: int, seed: int, heldout_voice: bool, folder: Path) -> dict:
+    texts = heldout_sentences(lang, n)
+    clips = synth.synthesize_many([(t, lang) for t in texts], seed=seed, heldout=heldout_voice)
+    wavs = []
+    for i, x in enumerate(clips):
+        wavs.append(folder / f"{lang}-{'heldout' if heldout_voice else 'train'}-{i:03d}.wav")
+        sf.write(wavs[-1], x, synth.SAMPLE_RATE)
+    docs = transcribe(model, wavs, lang)
+    hyps = [text_of(d) for d in docs]
+    return {"lang": lang, "voice": "held-out variant " + synth.HELDOUT_VARIANT[lang] if heldout_voice
+            else "training voices", "n": len(texts), "wer": round(jiwer.wer(texts, hyps), 4),
+            "errors": [(r, h) for r, h in zip(texts, hyps, strict=True) if r != h][:5],
+            "seconds": round(sum(len(x) for x in clips) / synth.SAMPLE_RATE, 1), "wavs": wavs, "docs": docs}
+
+
+def prompt_matters(model: str, wavs: list[Path]) -> dict:
+    """English clips decoded with the Spanish prompt: how many give different tokens."""
+    en = [d["segments"][0]["tokens"] for d in transcribe(model, wavs, "en")]
+    es = [d["segments"][0]["tokens"] for d in transcribe(model, wavs, "es")]
+    return {"clips": len(wavs), "different_tokens": sum(a != b for a, b in zip(en, es, strict=True))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m exporter.demo.evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "models" / "demo"))
+    ap.add_argument("--n", type=int, default=60, help="held-out sentences per language")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = ap.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for lang in grammar.LANGUAGES:
+            for heldout in (False, True):
+                r = evaluate(args.model, lang, args.n, args.seed, heldout, Path(tmp))
+                print(f"{lang} {r['voice']:<28} WER {100 * r['wer']:5.1f} %  ({r['n']} sentences, {r['seconds']} s)")
+                results.append(r)
+        pm = prompt_matters(args.model, results[0]["wavs"][:20])
+        print(f"English audio, Spanish prompt: {pm['different_tokens']}/{pm['clips']} clips give other tokens")
+    summary = {"command": " ".join(["python -m exporter.demo.evaluate", *sys.argv[1:]]),
+               "results": [{k: v for k, v in r.items() if k not in ("wavs", "docs")} for r in results],
+               "prompt_matters": pm}
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
