@@ -297,7 +297,7 @@ def _spanish() -> Grammar:
     return templates, slots
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _grammar(lang: str) -> Grammar:
     if lang == "en":
         return _english()
@@ -347,7 +347,7 @@ def split(lang: str, n_train: int, n_test: int, seed: int) -> tuple[list[str], l
     return train, test
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _vocabulary(lang: str) -> frozenset[str]:
     templates, slots = _grammar(lang)
     texts = [t for _, t in templates] + [f for fillers in slots.values() for f in fillers]

@@ -66,7 +66,7 @@ def _espeak() -> str:
     return exe
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def available_variants() -> frozenset[str]:
     """Variant names (as accepted after ``+`` in ``-v``) installed with espeak-ng."""
     out = subprocess.run([_espeak(), "--voices=variant"], capture_output=True, text=True, check=True)
@@ -78,7 +78,7 @@ def available_variants() -> frozenset[str]:
     return frozenset(names)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def available_voices() -> frozenset[str]:
     """Language voice names accepted by ``-v`` (espeak-ng's Language column)."""
     out = subprocess.run([_espeak(), "--voices"], capture_output=True, text=True, check=True)

@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--n-train", type=int, default=2500, help="training sentences per language")
     ap.add_argument("--clips", type=int, default=3000, help="training clips per language (sentences cycled)")
     ap.add_argument("--n-test", type=int, default=60, help="held-out sentences per language")
+    ap.add_argument("--vocab", type=int, default=1024, help="SentencePiece pieces (275 are controls + bytes)")
     ap.add_argument("--batch", type=int, default=24)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--warmup", type=int, default=150)
@@ -107,10 +108,26 @@ def build_model(vocab_size: int, start_id: int):  # -> CohereAsrForConditionalGe
     config = tiny_config(preset, max_positions=512)
     config.decoder_start_token_id = start_id
     model = CohereAsrForConditionalGeneration(config)
+    reinit_subsampling(model)
     model.generation_config.decoder_start_token_id = start_id
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
     return model
+
+
+def reinit_subsampling(model: nn.Module) -> None:
+    """Variance-preserving (Kaiming) init for the encoder's conv subsampling.
+
+    With transformers' default std 0.02 the 3-conv + linear front end shrinks the features ~1e6-fold, so the
+    conformer sees almost no audio and the CTC loss sits on its unigram plateau for thousands of steps.
+    """
+    sub = model.model.encoder.subsampling
+    with torch.no_grad():
+        for mod in sub.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                relu = isinstance(mod, nn.Conv2d) and mod.groups == 1
+                nn.init.kaiming_normal_(mod.weight, nonlinearity="relu" if relu else "linear")
+                nn.init.zeros_(mod.bias)
 
 
 def prompt_ids(sp, lang: str) -> list[int]:
@@ -123,7 +140,7 @@ def prompt_ids(sp, lang: str) -> list[int]:
 def decoder_batch(sp, texts: list[str], langs: list[str], pad_id: int, eos_id: int):
     """Decoder inputs (prompt + text), next-token labels (-100 inside the prompt) and CTC targets."""
     seqs, starts, ctc = [], [], []
-    for text, lang in zip(texts, langs):
+    for text, lang in zip(texts, langs, strict=True):
         prompt, body = prompt_ids(sp, lang), sp.encode(text)
         seqs.append(prompt + body + [eos_id])
         starts.append(len(prompt) - 1)
@@ -131,7 +148,7 @@ def decoder_batch(sp, texts: list[str], langs: list[str], pad_id: int, eos_id: i
     width = max(len(s) for s in seqs) - 1
     dec = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-    for i, (s, start) in enumerate(zip(seqs, starts)):
+    for i, (s, start) in enumerate(zip(seqs, starts, strict=True)):
         dec[i, :len(s) - 1] = torch.tensor(s[:-1])
         labels[i, start:len(s) - 1] = torch.tensor(s[start + 1:])
     return dec, labels, ctc
@@ -202,7 +219,7 @@ def evaluate(model, fe, sp, clips: ClipSet, tag: str, show: int = 2) -> dict[str
         hyps = transcribe(model, fe, sp, [clips.audio[i] for i in idx], lang)
         result[lang] = round(float(jiwer.wer(refs, [h if h.strip() else "<empty>" for h in hyps])), 4)
         tqdm.write(f"[eval {tag}] {lang} WER {result[lang]:.3f} ({len(refs)} clips)")
-        for r, h in list(zip(refs, hyps))[:show]:
+        for r, h in list(zip(refs, hyps, strict=True))[:show]:
             tqdm.write(f"    ref: {r}\n    hyp: {h}")
     return result
 
@@ -224,7 +241,7 @@ def train(args: argparse.Namespace) -> None:
     sets = synthesize_sets(args, items)
     train_set = sets["train"]
     evals = {"train": train_set} if args.overfit else {"heldout": sets["test"]}
-    tok_path = spm_train.train_tokenizer(sorted({t for t, _ in items["sentences"]}), 512,
+    tok_path = spm_train.train_tokenizer(sorted({t for t, _ in items["sentences"]}), args.vocab,
                                          ckpt_dir / "tokenizer.model", languages=LANGS)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(tok_path))
     start_id = sp.piece_to_id("\u2581")
@@ -258,7 +275,7 @@ def train(args: argparse.Namespace) -> None:
         loss = out.loss + CTC_WEIGHT * ctc
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # without it early spikes stall the encoder (CTC ~4.8)
         opt.step()
         sched.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
@@ -281,7 +298,7 @@ def save(args: argparse.Namespace, model, fe, ckpt_dir: Path, loss: float, final
     report = {
         "command": "python -m exporter.demo.train " + " ".join(sys.argv[1:]),
         "seed": args.seed, "steps": args.steps, "threads": args.threads, "batch": args.batch, "lr": args.lr,
-        "warmup": args.warmup, "ctc_weight": CTC_WEIGHT, "final_loss": round(loss, 4),
+        "warmup": args.warmup, "vocab": args.vocab, "ctc_weight": CTC_WEIGHT, "final_loss": round(loss, 4),
         "wer": final, "history": history,
         "data": {k: {"clips": len(v.audio), "hours": round(v.hours(), 3),
                      "sentences": len(set(v.texts))} for k, v in sets.items()},
