@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,10 @@ def build(n: int, gap_s: float = 1.5) -> tuple[np.ndarray, list[str], list[float
     parts, ends, t = [gap], [], gap_s
     for text in texts:
         x = espeak(text, "en-us", 150) * 0.8
+        voiced_end = int(np.nonzero(np.abs(x) > 0.01)[0][-1]) + 1  # espeak-ng pads its own silence
         parts += [x, gap]
-        t += len(x) / SR
-        ends.append(t)
-        t += gap_s
+        ends.append(t + voiced_end / SR)
+        t += len(x) / SR + gap_s
     return np.concatenate(parts), texts, ends
 
 
@@ -52,7 +53,8 @@ async def listen(url: str, n_finals: int, timeout: float) -> list[tuple[float, d
     async with connect(url) as ws:
         deadline = time.monotonic() + timeout
         while sum(m["type"] == "final" for _, m in out) < n_finals and time.monotonic() < deadline:
-            out.append((time.monotonic(), json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))))
+            raw = await asyncio.wait_for(ws.recv(), deadline - time.monotonic())
+            out.append((time.monotonic(), json.loads(raw)))  # the time of arrival, taken after recv
     return out
 
 
@@ -72,6 +74,7 @@ def main() -> None:
         sf.write(wav, audio, SR)
         with Daemon("--model", args.model, "--source", str(wav)) as d:
             msgs = asyncio.run(listen(d.url, len(texts), len(audio) / SR + 60))
+            health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{d.port}/health", timeout=10).read())
     stopped = {m["segment"]: (t, m) for t, m in msgs if m["type"] == "speech_stopped"}
     finals = [(t, m) for t, m in msgs if m["type"] == "final"]
     vad_to_final = [t - stopped[m["segment"]][0] for t, m in finals]
@@ -91,6 +94,7 @@ def main() -> None:
                                   "p95": round(1000 * pct(vad_to_final, 0.95), 1)},
         "end_of_speech_to_final_ms": {"median": round(1000 * statistics.median(speech_to_final), 1),
                                       "p95": round(1000 * pct(speech_to_final, 0.95), 1)},
+        "daemon_vad_close_to_final_ms": health["final_latency_ms"],  # inside the daemon, no websocket
         "partial_interval_ms": {"median": round(1000 * statistics.median(cadence), 1) if cadence else None,
                                 "p95": round(1000 * pct(cadence, 0.95), 1) if cadence else None,
                                 "n": len(cadence)},

@@ -85,7 +85,7 @@ class CaptionEngine:
         self._warned_silent = False
         self.samples_in = 0
         self._closed_at: dict[int, float] = {}  # segment → monotonic time the VAD closed it
-        self.final_latencies: list[float] = []  # seconds from segment close to final emitted
+        self.final_latencies: deque[float] = deque(maxlen=1000)  # s from segment close to final emitted
 
     # -- settings and commands -------------------------------------------------------------------------------
 

@@ -50,7 +50,8 @@ class Daemon:
                 "backend": self.backend_name, "uptime_s": round(time.monotonic() - self.started, 3),
                 "queue_depth": e.queue_depth if e is not None else 0,
                 "audio_lag_s": round(self.source.lag_seconds, 3), "clients": self.server.n_clients,
-                "source": self.source.name, "settings": self._settings().__dict__}
+                "source": self.source.name, "settings": self._settings().__dict__,
+                "final_latency_ms": _summary(e.final_latencies) if e is not None else None}
 
     def _command(self, cmd: Command) -> Event | None:
         if cmd.type == "ping":
@@ -125,6 +126,15 @@ class Daemon:
         while True:
             await asyncio.sleep(interval)
             self.engine.tick()
+
+
+def _summary(seconds: Any) -> dict[str, float | int | None]:
+    """Median and p95 in ms of the recent VAD-close → final latencies."""
+    xs = sorted(seconds)
+    if not xs:
+        return {"median": None, "p95": None, "n": 0}
+    return {"median": round(1000 * xs[len(xs) // 2], 1), "p95": round(1000 * xs[int(0.95 * (len(xs) - 1))], 1),
+            "n": len(xs)}
 
 
 def run_daemon(config: DaemonConfig) -> int:
