@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--init", type=Path, help="continue from this checkpoint (same data, seed and --vocab)")
     ap.add_argument("--overfit", type=int, default=0,
                     help="sanity check: train on this many clips (half per language) and evaluate on them")
     args = ap.parse_args(argv)
@@ -245,7 +246,13 @@ def train(args: argparse.Namespace) -> None:
                                          ckpt_dir / "tokenizer.model", languages=LANGS)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(tok_path))
     start_id = sp.piece_to_id("\u2581")
-    model = build_model(sp.get_piece_size(), start_id)
+    if args.init:  # continue training: the tokenizer must be the one the checkpoint was trained with
+        from transformers import CohereAsrForConditionalGeneration
+
+        assert (args.init / "tokenizer.model").read_bytes() == tok_path.read_bytes(), "tokenizer differs from --init"
+        model = CohereAsrForConditionalGeneration.from_pretrained(args.init)
+    else:
+        model = build_model(sp.get_piece_size(), start_id)
     cfg = model.config
     for name, tid in (("<pad>", cfg.pad_token_id), ("<|endoftext|>", cfg.eos_token_id),
                       ("<|startoftranscript|>", cfg.bos_token_id)):
