@@ -110,7 +110,12 @@ def load_bundle(root: str | Path, verify_checksums: bool = True) -> Bundle:
     root = Path(root)
     mpath = root / "manifest.json"
     if not root.is_dir():
-        raise BundleError(f"model bundle {root} is not a folder")
+        from .config import DEFAULT_MODEL
+
+        hint = ("; the demo model is not in this checkout yet: run scripts/quickstart.sh (it builds "
+                "build/tiny-bundle) or export a checkpoint with python -m exporter, then pass --model"
+                if root.resolve() == DEFAULT_MODEL.resolve() else "")
+        raise BundleError(f"model bundle {root} is not a folder{hint}")
     if not mpath.is_file():
         raise BundleError(f"model bundle {root} has no manifest.json")
     try:
