@@ -88,7 +88,7 @@ class Final(Event):
     end: float
     text: str
     language: str
-    stop_reason: str  # eos | max_new_tokens | repetition
+    stop_reason: str  # eos | max_new_tokens | repetition | error (decoding failed; text is empty)
     timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
 
     def __post_init__(self) -> None:

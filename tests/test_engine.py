@@ -157,3 +157,13 @@ def test_stable_plus_unstable_is_the_whole_text(real) -> None:  # noqa: ANN001
     for p in partials:
         text = p.stable + p.unstable
         assert text.split() == p.stable.split() + p.unstable.split() and "  " not in text
+
+
+def test_a_failed_decode_still_gives_one_final(real) -> None:  # noqa: ANN001
+    class Broken(ScriptedModel):
+        def transcribe_window(self, audio, options):  # noqa: ANN001, ANN201
+            raise RuntimeError("the runtime fell over")
+
+    events = asyncio.run(run_engine(Broken(real), stream(), DaemonConfig()))
+    finals = [e for e in events if isinstance(e, Final)]
+    assert [(f.text, f.stop_reason) for f in finals] == [("", "error"), ("", "error")]
