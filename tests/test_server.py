@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from daemon.messages import PROTOCOL, Command, Final, Hello, Partial, Pong, Settings
-from daemon.server import CLOSE_TOO_SLOW, SEND_QUEUE, CaptionServer
+from daemon.server import CLOSE_TOO_SLOW, CaptionServer
 
 SETTINGS = Settings("en", True, False)
 
