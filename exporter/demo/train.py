@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--pnc-share", type=float, default=0.5,
+                    help="share of examples prompted with <|pnc|> (the daemon's default prompt) instead of <|nopnc|>")
     ap.add_argument("--init", type=Path, help="continue from this checkpoint (same data, seed and --vocab)")
     ap.add_argument("--overfit", type=int, default=0,
                     help="sanity check: train on this many clips (half per language) and evaluate on them")
@@ -131,18 +133,19 @@ def reinit_subsampling(model: nn.Module) -> None:
                 nn.init.zeros_(mod.bias)
 
 
-def prompt_ids(sp, lang: str) -> list[int]:
+def prompt_ids(sp, lang: str, punctuation: bool = False) -> list[int]:
     """The decoder prompt for `lang` as token ids (every piece must exist)."""
-    ids = [sp.piece_to_id(p.format(lang=lang)) for p in PROMPT]
+    pieces = [p.replace("<|nopnc|>", "<|pnc|>") if punctuation else p for p in PROMPT]
+    ids = [sp.piece_to_id(p.format(lang=lang)) for p in pieces]
     assert 0 not in ids, f"prompt piece missing from tokenizer: {ids}"
     return ids
 
 
-def decoder_batch(sp, texts: list[str], langs: list[str], pad_id: int, eos_id: int):
+def decoder_batch(sp, texts: list[str], langs: list[str], pad_id: int, eos_id: int, pnc: list[bool] | None = None):
     """Decoder inputs (prompt + text), next-token labels (-100 inside the prompt) and CTC targets."""
     seqs, starts, ctc = [], [], []
-    for text, lang in zip(texts, langs, strict=True):
-        prompt, body = prompt_ids(sp, lang), sp.encode(text)
+    for i, (text, lang) in enumerate(zip(texts, langs, strict=True)):
+        prompt, body = prompt_ids(sp, lang, bool(pnc and pnc[i])), sp.encode(text)
         seqs.append(prompt + body + [eos_id])
         starts.append(len(prompt) - 1)
         ctc.append(body)
@@ -269,13 +272,16 @@ def train(args: argparse.Namespace) -> None:
     order = batches([len(a) for a in train_set.audio], args.batch, random.Random(args.seed))
 
     model.train()
+    share_rng = random.Random(args.seed + 1)
     ema, history = None, {}
     bar = tqdm(range(1, args.steps + 1), desc="train", unit="step", mininterval=5)
     for step in bar:
         idx = next(order)
         feats, mask = features(fe, [train_set.audio[i] for i in idx])
+        pnc = [share_rng.random() < args.pnc_share for _ in idx]  # texts have no punctuation either way
         dec, labels, ctc_tgt = decoder_batch(sp, [train_set.texts[i] for i in idx],
-                                             [train_set.langs[i] for i in idx], cfg.pad_token_id, cfg.eos_token_id)
+                                             [train_set.langs[i] for i in idx], cfg.pad_token_id, cfg.eos_token_id,
+                                             pnc)
         enc = model.model.encoder(feats, attention_mask=mask)
         out = model(encoder_outputs=enc, decoder_input_ids=dec, labels=labels)
         ctc = ctc_loss(head, enc, ctc_tgt, blank=cfg.vocab_size)
