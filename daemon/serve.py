@@ -105,11 +105,12 @@ class Daemon:
         c = self.config
         t0 = time.monotonic()
         tr = await asyncio.to_thread(load_transcriber, self.bundle, c.backend, c.dither)
+        await asyncio.to_thread(tr.warm_up)
         self.backend_name = tr.backend.name
         self.model_name = str(tr.bundle.manifest.get("source", {}).get("checkpoint", c.model))
         self.engine = CaptionEngine(c, tr, self.emit)
         self.engine.configure(c.language, c.punctuation, announce=False)  # validates the language
-        msg = f"model {c.model} loaded in {time.monotonic() - t0:.1f} s ({self.backend_name})"
+        msg = f"model {c.model} loaded and warmed up in {time.monotonic() - t0:.1f} s ({self.backend_name})"
         log.info(msg)
         self.emit(Status("info", "model_loaded", msg, self.engine.settings))
 

@@ -63,6 +63,16 @@ class Transcriber:
         n_enc = encoder_frames(n_valid, self.bundle.subsampling_stages)
         return prompt, greedy_decode(self.backend, enc, n_enc, prompt, budget, options, on_token)
 
+    def warm_up(self) -> None:
+        """Run every encoder bucket and a few decoder steps once, so the first caption pays no load or compile
+        cost (Core ML compiles for the Neural Engine on first use)."""
+        n_mels = self.features.n_mels
+        for frames in self.bundle.buckets:
+            enc = self.backend.encode(np.zeros((1, n_mels, frames), np.float32), frames)
+        prompt = build_prompt(self.bundle, self.tokenizer, next(iter(self.bundle.languages)), True)
+        greedy_decode(self.backend, enc, encoder_frames(frames, self.bundle.subsampling_stages), prompt, 1,
+                      DecodeOptions(ignore_eos=True))
+
     def windows(self, samples: npt.NDArray[np.float32]) -> list[tuple[int, int]]:
         """Split audio longer than the model's window at the quietest point near each boundary."""
         sr = self.sample_rate

@@ -156,3 +156,9 @@ def test_loop_guard_stops_a_repeating_decode(tiny_bundles) -> None:  # noqa: ANN
     cut = greedy_decode(Looping(), enc, 10, [1, 2], 40, DecodeOptions(ignore_eos=True, loop_guard=True))
     assert free.tokens == (5, 6) + (7,) * 38 and free.stop_reason == "max_new_tokens"
     assert cut.tokens == (5, 6, 7) and len(cut.logprobs) == 3 and cut.stop_reason == "repetition"
+
+
+def test_warm_up_runs_every_bucket(tiny_bundles) -> None:  # noqa: ANN001
+    tr = load_transcriber(str(tiny_bundles["a"]), "onnx", dither=0.0)
+    tr.warm_up()
+    assert set(tr.backend._encoders) == {1000, 3500}
