@@ -51,6 +51,11 @@ class Event:
 
     type: ClassVar[str] = ""
 
+    def __post_init__(self) -> None:
+        for name in ("start", "end"):  # stream times go out in milliseconds
+            if hasattr(self, name):
+                object.__setattr__(self, name, _r(getattr(self, name)))
+
     def to_dict(self, seq: int) -> dict[str, Any]:
         return {"type": self.type, "seq": seq, **asdict(self)}
 
@@ -64,9 +69,6 @@ class SpeechStarted(Event):
     segment: int
     start: float
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "start", _r(self.start))
-
 
 @dataclass(frozen=True)
 class Partial(Event):
@@ -75,9 +77,6 @@ class Partial(Event):
     start: float
     stable: str
     unstable: str
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "start", _r(self.start))
 
 
 @dataclass(frozen=True)
@@ -91,19 +90,12 @@ class Final(Event):
     stop_reason: str  # eos | max_new_tokens | repetition | error (decoding failed; text is empty)
     timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "start", _r(self.start))
-        object.__setattr__(self, "end", _r(self.end))
-
 
 @dataclass(frozen=True)
 class SpeechStopped(Event):
     type: ClassVar[str] = "speech_stopped"
     segment: int
     end: float
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "end", _r(self.end))
 
 
 @dataclass(frozen=True)
