@@ -36,7 +36,7 @@ SR = 16000
 
 
 def build(n: int, gap_s: float = 1.5) -> tuple[np.ndarray, list[str], list[float]]:
-    texts = grammar.split("en", 2500, 60, 0)[1][:n]
+    texts = grammar.demo_heldout("en")[:n]
     gap = np.zeros(int(gap_s * SR), np.float32)
     parts, ends, t = [gap], [], gap_s
     for text in texts:

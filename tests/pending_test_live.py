@@ -24,7 +24,7 @@ GAP_S = 1.5
 
 def sentences(n: int, lang: str = "en") -> list[str]:
     """Held-out sentences of the demo model's grammar (never in its training set), long ones first."""
-    test = grammar.split(lang, 2500, 60, 0)[1]
+    test = grammar.demo_heldout(lang)
     return sorted(test, key=len, reverse=True)[:n]
 
 

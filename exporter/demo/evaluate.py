@@ -22,14 +22,9 @@ import soundfile as sf
 from . import grammar, synth
 
 ROOT = Path(__file__).resolve().parents[2]
-# The training recipe's split (exporter/demo/train.py defaults): these sentences are not in its training set.
-TRAIN_SPLIT = {"n_train": 2500, "n_test": 60, "seed": 0}
-
-
 def heldout_sentences(lang: str, n: int) -> list[str]:
     """Sentences the demo model never heard in training."""
-    test = grammar.split(lang, TRAIN_SPLIT["n_train"], TRAIN_SPLIT["n_test"], TRAIN_SPLIT["seed"])[1]
-    return test[:n]
+    return grammar.demo_heldout(lang)[:n]
 
 
 def transcribe(model: str, wavs: list[Path], language: str) -> list[dict]:

@@ -347,6 +347,18 @@ def split(lang: str, n_train: int, n_test: int, seed: int) -> tuple[list[str], l
     return train, test
 
 
+# The demo recipe's split (exporter/demo/train.py defaults). Evaluation, tests and benchmarks take their
+# held-out sentences from here so that they never overlap the demo model's training sentences.
+DEMO_TRAIN_SENTENCES = 8000
+DEMO_HELDOUT_SENTENCES = 60
+DEMO_SEED = 0
+
+
+def demo_heldout(lang: str) -> list[str]:
+    """The demo model's held-out sentences for ``lang`` (never in its training set)."""
+    return split(lang, DEMO_TRAIN_SENTENCES, DEMO_HELDOUT_SENTENCES, DEMO_SEED)[1]
+
+
 @functools.cache
 def _vocabulary(lang: str) -> frozenset[str]:
     templates, slots = _grammar(lang)

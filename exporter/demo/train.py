@@ -41,17 +41,20 @@ class ClipSet:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m exporter.demo.train", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="run folder (cache/, checkpoint/)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--seed", type=int, default=grammar.DEMO_SEED)
+    ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--threads", type=int, default=2, help="torch threads and espeak-ng workers")
-    ap.add_argument("--n-train", type=int, default=2500, help="training sentences per language")
-    ap.add_argument("--clips", type=int, default=3000, help="training clips per language (sentences cycled)")
-    ap.add_argument("--n-test", type=int, default=60, help="held-out sentences per language")
-    ap.add_argument("--vocab", type=int, default=1024, help="SentencePiece pieces (275 are controls + bytes)")
+    ap.add_argument("--n-train", type=int, default=grammar.DEMO_TRAIN_SENTENCES,
+                    help="training sentences drawn per language (duplicates allowed)")
+    ap.add_argument("--clips", type=int, default=grammar.DEMO_TRAIN_SENTENCES,
+                    help="training clips per language (sentences cycled)")
+    ap.add_argument("--n-test", type=int, default=grammar.DEMO_HELDOUT_SENTENCES, help="held-out sentences per language")
+    ap.add_argument("--vocab", type=int, default=512, help="SentencePiece pieces (275 are controls + bytes)")
     ap.add_argument("--batch", type=int, default=24)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--warmup", type=int, default=150)
-    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--eval-every", type=int, default=1000)
+    ap.add_argument("--no-specaugment", action="store_true", help="train without frequency/time masking")
     ap.add_argument("--pnc-share", type=float, default=0.5,
                     help="share of examples prompted with <|pnc|> (the daemon's default prompt) instead of <|nopnc|>")
     ap.add_argument("--init", type=Path, help="continue from this checkpoint (same data, seed and --vocab)")
@@ -161,6 +164,22 @@ def decoder_batch(sp, texts: list[str], langs: list[str], pad_id: int, eos_id: i
 def features(fe, clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     out = fe(clips, sampling_rate=synth.SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
     return out["input_features"], out["attention_mask"]
+
+
+def spec_augment(feats: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """SpecAugment-style masking (two frequency bands of ≤ 12 mel bins, two time spans of ≤ 8 frames) to zero,
+    which is the per-utterance mean after CMVN; written here because it is five lines on a tensor."""
+    out = feats.clone()
+    n_mels = feats.shape[-1]
+    for b, valid in enumerate(mask.sum(-1).tolist()):
+        for _ in range(2):
+            w = int(torch.randint(0, 13, (), generator=gen))
+            f0 = int(torch.randint(0, n_mels - w + 1, (), generator=gen))
+            out[b, :, f0:f0 + w] = 0.0
+            w = min(int(torch.randint(0, 9, (), generator=gen)), max(0, valid // 20))
+            t0 = int(torch.randint(0, max(1, valid - w + 1), (), generator=gen))
+            out[b, t0:t0 + w, :] = 0.0
+    return out
 
 
 def batches(lengths: list[int], batch: int, rng: random.Random):
@@ -273,11 +292,14 @@ def train(args: argparse.Namespace) -> None:
 
     model.train()
     share_rng = random.Random(args.seed + 1)
+    mask_gen = torch.Generator().manual_seed(args.seed + 2)
     ema, history = None, {}
     bar = tqdm(range(1, args.steps + 1), desc="train", unit="step", mininterval=5)
     for step in bar:
         idx = next(order)
         feats, mask = features(fe, [train_set.audio[i] for i in idx])
+        if not args.no_specaugment:
+            feats = spec_augment(feats, mask, mask_gen)
         pnc = [share_rng.random() < args.pnc_share for _ in idx]  # texts have no punctuation either way
         dec, labels, ctc_tgt = decoder_batch(sp, [train_set.texts[i] for i in idx],
                                              [train_set.langs[i] for i in idx], cfg.pad_token_id, cfg.eos_token_id,
@@ -311,7 +333,8 @@ def save(args: argparse.Namespace, model, fe, ckpt_dir: Path, loss: float, final
     report = {
         "command": "python -m exporter.demo.train " + " ".join(sys.argv[1:]),
         "seed": args.seed, "steps": args.steps, "threads": args.threads, "batch": args.batch, "lr": args.lr,
-        "warmup": args.warmup, "vocab": args.vocab, "ctc_weight": CTC_WEIGHT, "final_loss": round(loss, 4),
+        "warmup": args.warmup, "vocab": args.vocab, "ctc_weight": CTC_WEIGHT,
+        "specaugment": not args.no_specaugment, "final_loss": round(loss, 4),
         "wer": final, "history": history,
         "data": {k: {"clips": len(v.audio), "hours": round(v.hours(), 3),
                      "sentences": len(set(v.texts))} for k, v in sets.items()},
