@@ -83,6 +83,16 @@ def export_bundle(ckpt: Checkpoint, out: Path, opts: ExportOptions) -> Path:
 
             entry["minimum_deployment_target"] = TARGET
 
+    graphs = [out / f for f in files if f.endswith(".onnx")]
+    if len(graphs) > 1:
+        from .onnx_weights import share_weights
+
+        t0 = _step("onnx: storing the weights of all graphs once, in onnx/weights.bin")
+        size = share_weights(graphs, out / "onnx" / "weights.bin")
+        files.append("onnx/weights.bin")
+        tqdm.write(f"[export]   {size / 1e6:.1f} MB of weights")
+        _done(t0)
+
     t0 = _step("writing manifest.json with checksums")
     manifest = build_manifest(dims=dims, buckets=list(opts.buckets), feature_extractor=ckpt.feature_extractor,
                               tokenizer_path=out / "tokenizer.model", backends=backends,

@@ -1,0 +1,60 @@
+"""exporter/onnx_weights.py: graphs that share weights store them once and still compute the same."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from exporter.onnx_weights import ALIGN, share_weights
+
+
+def _graph(path, w: np.ndarray, b: np.ndarray, extra: np.ndarray) -> None:
+    """y = x @ w + b + extra (w, b shared between graphs; extra differs)."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["h2"]),
+             helper.make_node("Add", ["h2", "extra"], ["y"])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
+             numpy_helper.from_array(extra, "extra")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])], inits)
+    onnx.save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _run(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_shared_weights_are_stored_once_and_give_identical_outputs(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 64)).astype(np.float32)  # 16 KB, shared
+    b = rng.standard_normal(64).astype(np.float32)  # 256 B: below min_bytes, stays inline
+    extras = [rng.standard_normal((2, 64)).astype(np.float32) * 10 ** i for i in range(1, 3)]  # 512 B each
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    paths = [tmp_path / f"g{i}.onnx" for i in range(2)]
+    for p, e in zip(paths, extras, strict=True):
+        _graph(p, w, b, e)
+    before = [_run(p, x) for p in paths]
+
+    size = share_weights(paths, tmp_path / "weights.bin", min_bytes=512)
+
+    # w once (16384 B = 4 pages), extra 1 right after it, extra 2 at the next page
+    # boundary; a second copy of w would add 4 pages
+    assert w.nbytes % ALIGN == 0
+    assert size == w.nbytes + ALIGN + extras[1].nbytes
+    assert size == (tmp_path / "weights.bin").stat().st_size
+    for p, ref in zip(paths, before, strict=True):
+        model = onnx.load(str(p), load_external_data=False)
+        external = {i.name for i in model.graph.initializer if i.data_location == TensorProto.EXTERNAL}
+        assert external == {"w", "extra"}
+        assert p.stat().st_size < 1024  # the graph file no longer carries the weights
+        np.testing.assert_array_equal(_run(p, x), ref)
+
+
+def test_weights_file_must_sit_next_to_the_graphs(tmp_path):
+    (tmp_path / "a").mkdir()
+    _graph(tmp_path / "a" / "g.onnx", np.eye(64, dtype=np.float32), np.zeros(64, np.float32),
+           np.zeros((2, 64), np.float32))
+    with pytest.raises(ValueError, match="next to the graphs"):
+        share_weights([tmp_path / "a" / "g.onnx"], tmp_path / "weights.bin")
