@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +13,7 @@ import pytest
 
 logging.getLogger("coremltools").setLevel(logging.ERROR)
 import coremltools as ct  # noqa: E402
-
-MIL = ct.proto.MIL_pb2
-FT = ct.proto.FeatureTypes_pb2.ArrayFeatureType
-DTYPE = {FT.FLOAT32: "float32", FT.FLOAT16: "float16", FT.INT32: "int32"}
-BYTES = {"FLOAT16": 2, "FLOAT32": 4, "INT8": 1, "UINT8": 1, "INT32": 4}
-CAPACITY = 266
+from coreml_checks import MIL, expected, io_of, weight_bytes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,55 +29,6 @@ def wide(tmp_path_factory) -> tuple[Path, dict[str, Path]]:  # noqa: ANN001
         subprocess.run([sys.executable, "-m", "exporter", "--checkpoint", str(ckpt), "--out", str(out[precision]),
                         "--backends", "coreml", "--precision", precision], check=True, capture_output=True)
     return ckpt, out
-
-
-def io_of(path: Path) -> tuple[dict, dict]:
-    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-
-    def table(items) -> dict:  # noqa: ANN001
-        return {i.name: (tuple(i.type.multiArrayType.shape), DTYPE[i.type.multiArrayType.dataType]) for i in items}
-
-    return table(spec.description.input), table(spec.description.output)
-
-
-def weight_bytes(path: Path) -> dict[str, int]:
-    """Bytes of the weights stored in the package's blob file, by MIL dtype."""
-    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-    fn = spec.mlProgram.functions["main"]
-    out: dict[str, int] = {}
-
-    def add(value) -> None:  # noqa: ANN001 - a MIL Value
-        if value.WhichOneof("value") == "blobFileValue":
-            t = value.type.tensorType
-            name = MIL.DataType.Name(t.dataType)
-            out[name] = out.get(name, 0) + math.prod(d.constant.size for d in t.dimensions) * BYTES[name]
-
-    for op in fn.block_specializations[fn.opset].operations:
-        if op.type == "const":
-            add(op.attributes["val"])
-        for arg in op.inputs.values():  # constexpr ops hold their quantized data inline
-            for a in arg.arguments:
-                if a.WhichOneof("binding") == "value":
-                    add(a.value)
-    return out
-
-
-def expected(ckpt: Path, state: str) -> tuple[dict, dict, dict, dict]:
-    """Encoder and decoder I/O derived here from config.json alone."""
-    cfg = json.loads((ckpt / "config.json").read_text())
-    layers, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
-    hd = cfg["hidden_size"] // heads
-    t = math.ceil(3500 / 8)  # 438
-    enc_in = {"input_features": ((1, 128, 3500), "float32"), "feature_length": ((1,), "int32")}
-    enc_out = {"encoder_hidden": ((1, t, cfg["hidden_size"]), state),
-               "cross_k": ((layers, 1, heads, t, hd), state), "cross_v": ((layers, 1, heads, t, hd), state)}
-    cache, cross = (layers, 1, heads, CAPACITY, hd), (layers, 1, heads, t, hd)
-    dec_in = {"input_id": ((1, 1), "int32"), "position": ((1,), "int32"), "self_k": (cache, state),
-              "self_v": (cache, state), "self_mask": ((1, 1, 1, CAPACITY), state), "cross_k": (cross, state),
-              "cross_v": (cross, state), "cross_mask": ((1, 1, 1, t), state)}
-    dec_out = {"logits": ((1, cfg["vocab_size"]), "float32"), "new_k": ((layers, 1, heads, 1, hd), state),
-               "new_v": ((layers, 1, heads, 1, hd), state)}
-    return enc_in, enc_out, dec_in, dec_out
 
 
 @pytest.mark.parametrize("precision", ["hybrid", "fp16", "fp32"])
