@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -52,16 +54,24 @@ class Transcriber:
         raise AudioError(f"a window of {n_valid} frames is longer than the model's {self.bundle.buckets[-1]}")
 
     def transcribe_window(self, samples: npt.NDArray[np.float32], options: DecodeOptions,
-                          on_token: Callable[[int], None] | None = None) -> tuple[list[int], DecodeResult]:
-        """Decode one window (≤ the full window length); returns (prompt, DecodeResult)."""
+                          on_token: Callable[[int], None] | None = None,
+                          timings: dict[str, float] | None = None) -> tuple[list[int], DecodeResult]:
+        """Decode one window (≤ the full window length); returns (prompt, DecodeResult).
+
+        timings: when given, the seconds spent in "features", "encoder" and "decoder" are added to it.
+        """
         prompt = build_prompt(self.bundle, self.tokenizer, options.language, options.punctuation)
         budget = resolve_max_new_tokens(self.bundle, len(prompt), options.max_new_tokens)
-        feats = log_mel(samples, self.features)  # (n_mels, n_valid)
-        n_valid = feats.shape[1]
-        bucket = self.pick_bucket(n_valid)
-        enc = self.backend.encode(pad_frames(feats, bucket), n_valid)
+        with _stage(timings, "features"):
+            feats = log_mel(samples, self.features)  # (n_mels, n_valid)
+            n_valid = feats.shape[1]
+            padded = pad_frames(feats, self.pick_bucket(n_valid))
+        with _stage(timings, "encoder"):
+            enc = self.backend.encode(padded, n_valid)
         n_enc = encoder_frames(n_valid, self.bundle.subsampling_stages)
-        return prompt, greedy_decode(self.backend, enc, n_enc, prompt, budget, options, on_token)
+        with _stage(timings, "decoder"):
+            result = greedy_decode(self.backend, enc, n_enc, prompt, budget, options, on_token)
+        return prompt, result
 
     def warm_up(self) -> None:
         """Run every encoder bucket and a few decoder steps once, so the first caption pays no load or compile
@@ -80,15 +90,34 @@ class Transcriber:
         return split_windows(samples, int(round(b.max_window_seconds * sr)),
                              int(round(b.split_search_seconds * sr)), b.split_window_samples)
 
-    def transcribe(self, samples: npt.NDArray[np.float32], options: DecodeOptions) -> Iterator[Segment]:
-        """Transcribe audio of any length, one Segment per window, in order."""
+    def transcribe(self, samples: npt.NDArray[np.float32], options: DecodeOptions,
+                   timings: dict[str, float] | None = None) -> Iterator[Segment]:
+        """Transcribe audio of any length, one Segment per window, in order.
+
+        timings: when given, seconds per stage are added to it ("features", "encoder", "decoder", "detokenize").
+        """
         if samples.shape[0] == 0:
             raise AudioError("the audio is empty")
         sr = self.sample_rate
         for start, end in self.windows(samples):
-            _, result = self.transcribe_window(samples[start:end], options)
-            yield Segment(start / sr, end / sr, self.tokenizer.decode(result.tokens), options.language,
+            _, result = self.transcribe_window(samples[start:end], options, timings=timings)
+            with _stage(timings, "detokenize"):
+                text = self.tokenizer.decode(result.tokens)
+            yield Segment(start / sr, end / sr, text, options.language,
                           result.tokens, result.logprobs, result.stop_reason)
+
+
+@contextmanager
+def _stage(timings: dict[str, float] | None, name: str) -> Iterator[None]:
+    """Add the wall time (perf_counter) of the block to timings[name]; nothing when timings is None."""
+    if timings is None:
+        yield
+        return
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
 
 def load_transcriber(model: str | Bundle, backend: str | None = None, dither: float | None = None) -> Transcriber:
