@@ -1,0 +1,107 @@
+"""Write the demo bundle's model card (MODEL_CARD.md) from the checkpoint's training.json and an evaluation.
+
+    python -m exporter.demo.card [--checkpoint models/demo-checkpoint] [--bundle models/demo]
+        [--eval models/demo-checkpoint/evaluation.json]
+
+The evaluation JSON is what `python -m exporter.demo.evaluate --out FILE` writes; nothing here is typed in by
+hand, so the card always states what was measured for the files beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from . import grammar
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _examples(lang: str, n: int = 4) -> list[str]:
+    return grammar.sentences(lang, n, seed=99)
+
+
+def parameter_count(checkpoint: Path) -> int:
+    """Parameters stored in the checkpoint's safetensors files (read from their headers)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(checkpoint.glob("*.safetensors")):
+        with safe_open(str(f), "np") as st:
+            for name in st.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                total += math.prod(st.get_slice(name).get_shape())
+    return total
+
+
+def render(training: dict, evaluation: dict, config: dict, bundle: Path, params: int) -> str:
+    enc, dec = config["encoder_config"], config
+    size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file() and p.name != "MODEL_CARD.md")
+    data = training["data"]
+    rows = "\n".join(f"| {r['lang']} | {r['voice']} | {r['n']} | {100 * r['wer']:.1f} % |"
+                     for r in evaluation["results"])
+    pm = evaluation["prompt_matters"]
+    examples = "\n".join(f"- {lang}: " + "; ".join(f"“{s}”" for s in _examples(lang)) for lang in grammar.LANGUAGES)
+    words = ", ".join(f"{lang} {len(grammar.vocabulary(lang))}" for lang in grammar.LANGUAGES)
+    voices = training["voices"]
+    return f"""# Demo model: tiny Cohere Transcribe architecture, trained on synthetic speech
+
+This is **not** Cohere Transcribe 03-2026. It is a {params / 1e6:.1f} M-parameter model with the same
+architecture (transformers `CohereAsrForConditionalGeneration`: a Conformer encoder and a Transformer decoder
+with the same prompt, special pieces and cache-external decoder contract), trained on this machine on speech
+synthesized with espeak-ng, so that the daemon transcribes real audio out of the box, without a download.
+
+## What it can say
+Everyday dictation and voice-command sentences in English and Spanish from a fixed grammar (exporter/demo/grammar.py;
+vocabulary: {words} words): numbers, times, dates, colours, rooms, devices, reminders, shopping, calls. Examples:
+
+{examples}
+
+Anything outside that grammar (other words, other languages, real human voices, noisy rooms) comes out as the
+nearest sentence it knows. Use the real model for real speech (docs/macos.md, README “Export the real model”).
+
+## How it was made
+- Architecture: encoder {enc['num_hidden_layers']} Conformer layers × {enc['hidden_size']} (heads
+  {enc['num_attention_heads']}, FF {enc['intermediate_size']}, 8× conv subsampling), decoder {dec['num_hidden_layers']}
+  layers × {dec['hidden_size']}, vocabulary {dec['vocab_size']} (SentencePiece BPE with byte fallback and the real
+  special-piece names), decoder cache capacity ≥ 266.
+- Data: {data['train']['clips']} training clips ({data['train']['hours']:.1f} h, {data['train']['sentences']} distinct
+  sentences) spoken by espeak-ng voices {', '.join(f'{k}: ' + '/'.join(v) for k, v in voices['base'].items())} with
+  {len(voices['train_variants'])} voice variants, random speed, pitch, level, leading/trailing silence and noise;
+  16 kHz. Held-out sentences never occur in training.
+- Training: {training['steps']} steps of AdamW (batch {training['batch']}, peak LR {training['lr']}, cosine),
+  transformers' own loss plus a training-only CTC head (weight {training['ctc_weight']}), SpecAugment masking:
+  {training['specaugment']}; {training['elapsed_s'] / 60:.0f} min on {training['threads']} CPU threads.
+- Command: `{training['command']}`, then
+  `python -m exporter --checkpoint models/demo-checkpoint --out models/demo --buckets {','.join(map(str, json.loads((bundle / 'manifest.json').read_text())['encoder']['buckets']))}`.
+- Bundle: ONNX (fp32, weights shared by all graphs) and Core ML (INT8 encoder, FP16 decoder), {size / 1e6:.1f} MB.
+
+## Measured accuracy
+Through `python -m daemon transcribe` on the ONNX bundle (not torch), greedy, no punctuation:
+
+| language | voices | sentences | WER |
+|---|---|---|---|
+{rows}
+
+English audio decoded with the Spanish prompt gives different tokens on {pm['different_tokens']}/{pm['clips']} clips.
+Reproduce: `{evaluation['command']}`.
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m exporter.demo.card", description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "demo-checkpoint")
+    ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "demo")
+    ap.add_argument("--eval", type=Path, help="evaluate.py JSON (default: CHECKPOINT/evaluation.json)")
+    args = ap.parse_args()
+    training = json.loads((args.checkpoint / "training.json").read_text())
+    evaluation = json.loads((args.eval or args.checkpoint / "evaluation.json").read_text())
+    config = json.loads((args.checkpoint / "config.json").read_text())
+    (args.bundle / "MODEL_CARD.md").write_text(render(training, evaluation, config, args.bundle,
+                                                              parameter_count(args.checkpoint)))
+    print(f"wrote {args.bundle / 'MODEL_CARD.md'}")
+
+
+if __name__ == "__main__":
+    main()
