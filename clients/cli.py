@@ -99,15 +99,15 @@ def note(printer: Printer, text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def handle(printer: Printer, raw: str | bytes) -> None:
-    """Act on one server message."""
+def handle(printer: Printer, raw: str | bytes) -> bool:
+    """Act on one server message; True when it says the daemon's audio source has ended."""
     try:
         msg = json.loads(raw)
     except ValueError:
         note(printer, f"ignoring a message that is not JSON: {raw[:80]!r}")
-        return
+        return False
     if not isinstance(msg, dict):
-        return
+        return False
     kind = msg.get("type")
     if kind == "hello":
         if msg.get("seq", 0) < printer.last_seq:
@@ -121,19 +121,24 @@ def handle(printer: Printer, raw: str | bytes) -> None:
         printer.partial(msg, raw if isinstance(raw, str) else json.dumps(msg))
     elif kind == "status":
         note(printer, f"[{msg.get('level', 'info')}] {msg.get('message', '')}")
+        return msg.get("code") == "source_ended"
     elif kind == "error":
         note(printer, f"[error {msg.get('code', '')}] {msg.get('message', '')}")
+    return False
 
 
-async def stream(url: str, printer: Printer) -> None:
-    """Print captions from the daemon forever, reconnecting with exponential backoff."""
+async def stream(url: str, printer: Printer, until_source_ends: bool = False) -> None:
+    """Print captions from the daemon, reconnecting with exponential backoff; forever, or until the daemon says
+    its audio source ended (after that source's last final) when until_source_ends is set."""
     delay = BACKOFF_FIRST_S
     while True:
         try:
             async with connect(url, open_timeout=5) as ws:
                 delay = BACKOFF_FIRST_S  # connected: the next outage starts the backoff afresh
                 async for raw in ws:
-                    handle(printer, raw)
+                    if handle(printer, raw) and until_source_ends:
+                        printer.end_line()
+                        return
             reason = f"connection closed ({ws.close_code})"
         except ConnectionClosed as e:
             reason = f"connection lost ({e.rcvd.code if e.rcvd else 'no close frame'})"
@@ -189,10 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the raw JSON of each message shown")
     parser.add_argument("--follow", type=Path, metavar="FILE.jsonl",
                         help="tail a transcript file written by the daemon instead of connecting")
+    parser.add_argument("--until-source-ends", action="store_true",
+                        help="exit once the daemon's audio source ends (e.g. serve --source FILE) and its last "
+                             "final is shown")
     args = parser.parse_args(argv)
 
     printer = Printer(args.json, args.partials, sys.stdout.isatty())
-    job = follow(args.follow, printer) if args.follow else stream(args.url, printer)
+    job = follow(args.follow, printer) if args.follow else stream(args.url, printer, args.until_source_ends)
     try:
         asyncio.run(job)
     except KeyboardInterrupt:

@@ -119,6 +119,7 @@ class Daemon:
         async for frame in self.source.frames():
             self.engine.push(frame, check_silent_mic=check)
         self.engine.finalize()
+        await self.engine.drain()  # the source's last final goes out before the news that it ended
         self.emit(Status("info", "source_ended", f"{self.source.name} ended; still serving clients"))
         log.info("source ended; still serving (Ctrl-C to stop)")
 

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import soxr
 from helpers import espeak
-from live import DEMO, Daemon, collect, wer
+from live import DEMO, ROOT, Daemon, collect, wer
 
 from exporter.demo import grammar
 
@@ -76,6 +76,23 @@ def test_file_source(tmp_path: Path) -> None:
     srt = subprocess.run([os.sys.executable, "-m", "daemon", "export-transcript", str(next((tmp_path / "tr").glob(
         "*.jsonl"))), "--format", "srt"], capture_output=True, text=True, check=True).stdout
     assert srt.startswith("1\n00:00:0") and srt.count(" --> ") == len(texts)
+
+
+def test_cli_until_source_ends_prints_every_final_then_exits(tmp_path: Path) -> None:
+    """What the quick start does: serve a file, `clients/cli.py --until-source-ends` shows its captions."""
+    texts = sentences(6)[3:6]
+    audio, _ = program(texts)
+    wav = tmp_path / "program.wav"
+    sf.write(wav, audio, SR)
+    with Daemon("--source", str(wav)) as d:  # the default model: the demo model
+        proc = subprocess.run([os.sys.executable, "clients/cli.py", "--url", d.url, "--until-source-ends"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=len(audio) / SR + 60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == len(texts), proc.stdout
+    hyps = [ln.split(" ", 1)[1] for ln in lines]  # "mm:ss text"
+    assert wer(texts, hyps) <= 0.10, (texts, lines)
+    assert "ended" in proc.stderr
 
 
 def test_stdin_source_at_another_rate() -> None:
