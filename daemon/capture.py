@@ -88,7 +88,7 @@ class FileSource(Source):
 
         self.name = f"file {path}"
         self._samples = load_audio(path, SAMPLE_RATE)
-        self._fast = fast
+        self.fast = fast  # the daemon then paces the file by the model instead of the clock
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -99,7 +99,7 @@ class FileSource(Source):
         frames = Reframer(SAMPLE_RATE).push(self._samples)
         t0 = time.monotonic()
         for i, f in enumerate(frames):
-            if self._fast:
+            if self.fast:
                 if i % 64 == 0:
                     await asyncio.sleep(0)
             else:

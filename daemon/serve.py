@@ -116,8 +116,13 @@ class Daemon:
 
     async def _feed(self) -> None:
         check = isinstance(self.source, MicSource)
+        paced_by_model = getattr(self.source, "fast", False)
         async for frame in self.source.frames():
             self.engine.push(frame, check_silent_mic=check)
+            if paced_by_model:  # --fast: as fast as the model keeps up, not faster (else every segment's
+                while self.engine.queue_depth > 1:  # events burst out at once and memory holds the backlog)
+                    await asyncio.sleep(0.005)
+                await asyncio.sleep(0)  # let the server send what this frame produced
         self.engine.finalize()
         await self.engine.drain()  # the source's last final goes out before the news that it ended
         self.emit(Status("info", "source_ended", f"{self.source.name} ended; still serving clients"))
