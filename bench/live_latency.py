@@ -4,7 +4,8 @@
 
 For each segment: VAD close → final (arrival of `final` − arrival of `speech_stopped`), end of speech → final
 (adds the end-of-speech silence the VAD waits for; the speech end is known from how the audio was built), and
-the partial cadence (time between consecutive partials of a segment).
+the partial cadence (time between consecutive partials of a segment). The JSON holds the median and p95 of
+each and, under "samples", every value (ms) they were taken from.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ def main() -> None:
         "partial_interval_ms": {"median": round(1000 * statistics.median(cadence), 1) if cadence else None,
                                 "p95": round(1000 * pct(cadence, 0.95), 1) if cadence else None,
                                 "n": len(cadence)},
+        # the raw per-segment values behind the summaries above, for the distribution plot of bench/report.py
+        "samples": {"vad_close_to_final_ms": [round(1000 * x, 1) for x in vad_to_final],
+                    "end_of_speech_to_final_ms": [round(1000 * x, 1) for x in speech_to_final],
+                    "partial_interval_ms": [round(1000 * x, 1) for x in cadence]},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

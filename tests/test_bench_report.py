@@ -1,0 +1,177 @@
+"""bench/report.py on small hand-written JSON: the tables carry the numbers, commands and machines, the figures
+are written and referenced, absent files are skipped, and the same JSON gives the same files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # bench/ is a folder of scripts, not an installed package
+
+from bench import report  # noqa: E402
+
+MACHINE = {"platform": "Linux-6.1-x86_64", "cpu": "Test CPU 9000", "cores": 2, "python": "3.11.7"}
+
+ACCURACY = {
+    "command": "python bench/accuracy.py sets/tiny/manifest.jsonl --limit 4", "machine": MACHINE,
+    "model": {"bundle": "models/demo", "source": {}},
+    "backend": {"name": "onnx", "precision": "fp32", "runtime": "onnxruntime 1.32.0"},
+    "manifest": {"path": "sets/tiny/manifest.jsonl", "layout": "jsonl"},
+    "n_items": 4, "audio_seconds": 12.5, "compute_seconds": 0.5, "rtfx": 25.0,
+    "languages": {"en": {"n": 2, "wer": 0.0625, "cer": 0.03125, "audio_seconds": 6.0, "compute_seconds": 0.25,
+                         "rtfx": 24.0},
+                  "es": {"n": 2, "wer": 0.125, "cer": 0.0625, "audio_seconds": 6.5, "compute_seconds": 0.25,
+                         "rtfx": 26.0}},
+    "stages": {"features": {"seconds": 0.05, "share": 0.1}, "encoder": {"seconds": 0.3, "share": 0.6},
+               "decoder": {"seconds": 0.125, "share": 0.25, "steps": 50, "ms_per_step": 2.5},
+               "detokenize": {"seconds": 0.0, "share": 0.0}, "other": {"seconds": 0.025, "share": 0.05}},
+    "items": [],
+}
+DECODER_STEP = {
+    "command": "python bench/decoder_step.py --steps 7", "machine": "x86_64, 2 cores, onnxruntime 1.32.0 CPU",
+    "shape": {"layers": 8, "d_model": 1024}, "median_step_ms": {"ours": 50.5, "recompute_cross_kv": 101.0},
+    "p90_step_ms": {"ours": 52.25, "recompute_cross_kv": 104.75}, "ratio": 2.0,
+    "cross_kv_macs_per_step_avoided": 7348420608,
+}
+LIVE_LATENCY = {
+    "command": "python bench/live_latency.py --sentences 3", "machine": "x86_64, cpu, 2 cores",
+    "model": "models/demo", "sentences": 3, "finals": 3, "wer": 0.05,
+    "vad_close_to_final_ms": {"median": 181.5, "p95": 243.5},
+    "end_of_speech_to_final_ms": {"median": 781.5, "p95": 843.5},
+    "daemon_vad_close_to_final_ms": {"median": 175.25, "p95": 240.75, "n": 3},
+    "partial_interval_ms": {"median": 498.5, "p95": 541.5, "n": 4},
+    "samples": {"vad_close_to_final_ms": [150.0, 181.5, 243.5], "end_of_speech_to_final_ms": [750.0, 781.5, 843.5],
+                "partial_interval_ms": [450.0, 498.5, 500.0, 541.5]},
+}
+SOAK = {
+    "command": "python bench/soak.py --hours 0.01 --idle-seconds 3", "machine": MACHINE, "load_average": [1.5, 1.25, 1.0],
+    "model": "models/demo",
+    "idle": {"source": "stdin zeros", "wall_seconds": 3.0, "cpu_seconds": 0.03, "cpu_percent_of_core": 1.17,
+             "goal_percent": 2.0, "meets_goal": True, "rss_mb": 166.5, "threads": 8, "clients": 1},
+    "soak": {"source": "file (int16 WAV), --fast", "audio_seconds": 36.0, "sentences": 9, "distinct_sentences": 9,
+             "completed": True, "wall_seconds": 8.0, "finals": 9, "wer": 0.25,
+             "rss_mb": {"loaded": 268.5, "peak": 281.25, "end": 275.75, "peak_vmhwm": 283.5},
+             "slope_mb_per_audio_hour_second_half": 12.75, "health_timeouts": 0, "client": {"close_code": 1001},
+             "sample_seconds": 2.0,
+             "samples": [{"t_s": 2.0 * i, "rss_mb": 268.5 + i, "audio_s": 9.0 * i, "finals": 2 * i, "loaded": True}
+                         for i in range(5)]},
+}
+FULL_SHAPE = {  # the shape of bench/full_shape.py's JSON, abridged
+    "command": "python bench/full_shape.py --encoder-layers 4", "machine": {**MACHINE, "load_average_at_end": [2.5, 2.0]},
+    "shape": {"encoder_layers": 4, "buckets": [500, 3500]},
+    "comparisons": [{"name": "P2a: 35 s window", "ours": 8.125, "reference": 16.5, "unit": "s", "ratio": 2.031,
+                     "goal": 1.5, "met": True},
+                    {"name": "P2b (encoder stage only)", "ours": 1.25, "reference": 5.5, "unit": "s", "ratio": 4.4,
+                     "goal": None, "met": None}],
+    "memory": [{"name": "export", "peak_rss_mb": 2410.5}],
+    "steps": {"export": {"rc": 0, "log_tail": ["a very long log line"]}},
+    "notes": ["ran with 4 encoder layers"],
+    "total_seconds": 321.5,
+}
+ALL = {"accuracy-tiny.json": ACCURACY, "decoder_step.json": DECODER_STEP, "live_latency.json": LIVE_LATENCY,
+       "soak.json": SOAK, "full_shape.json": FULL_SHAPE}
+
+
+def write_results(folder: Path, docs: dict[str, dict[str, Any]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, doc in docs.items():
+        (folder / name).write_text(json.dumps(doc), encoding="utf-8")
+    return folder
+
+
+def run(results: Path, out: Path) -> str:
+    assert report.main(["--results", str(results), "--out", str(out)]) == 0
+    return out.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The report of every kind of result file: (docs folder, markdown)."""
+    tmp = tmp_path_factory.mktemp("report")
+    docs = tmp / "docs"
+    return docs, run(write_results(tmp / "results", ALL), docs / "benchmarks.md")
+
+
+def test_starts_with_the_generated_note(full: tuple[Path, str]) -> None:
+    md = full[1]
+    assert md.splitlines()[0].startswith("<!-- Generated by `python bench/report.py`")
+    assert "do not edit this file by hand" in md
+
+
+@pytest.mark.parametrize("doc", ALL.values(), ids=ALL.keys())
+def test_every_table_names_its_command_and_machine(full: tuple[Path, str], doc: dict[str, Any]) -> None:
+    md = full[1]
+    line = report.provenance(doc)
+    assert f"Command: `{doc['command']}`" in line
+    assert line in md
+
+
+def test_each_table_is_followed_by_its_provenance(full: tuple[Path, str]) -> None:
+    blocks = full[1].split("\n\n")
+    tables = [i for i, block in enumerate(blocks) if block.startswith("| ")]
+    assert len(tables) == 9  # accuracy 2, decoder step 1, full shape 3, live latency 1, soak 2
+    for i in tables:
+        assert blocks[i + 1].startswith("Command: `") and " · Machine: " in blocks[i + 1], blocks[i]
+
+
+def test_tables_hold_the_numbers(full: tuple[Path, str]) -> None:
+    md = full[1]
+    assert "Test CPU 9000, 2 cores, Linux-6.1-x86_64, Python 3.11.7" in md
+    # accuracy: per language and per stage
+    assert "| en | 2 | 6 | 6.25 | 3.12 | 24 |" in md
+    assert "| es | 2 | 6.5 | 12.50 | 6.25 | 26 |" in md
+    assert "| encoder | 0.300 | 60.00 |" in md
+    assert "50 steps, 2.5 ms per step" in md
+    # decoder step, side by side
+    assert "| 50.5 | 52.25 | 1× |" in md and "| 101 | 104.75 | 2× |" in md and "**2×**" in md
+    # live latency against the goal
+    assert "| VAD close → final (client) | 181.5 | 243.5 | 3 | p95 ≤ 250 | yes |" in md
+    assert "| VAD close → final (inside the daemon) | 175.25 | 240.75 | 3 | p95 ≤ 250 | yes |" in md
+    assert "| interval between partials | 498.5 | 541.5 | 4 | – | – |" in md
+    # soak: idle CPU and memory
+    assert "| CPU share of one core (%) | 1.17 | ≤ 2 |" in md
+    assert "| RSS peak, kernel VmHWM (MB) | 283.5 |" in md
+    assert "| RSS slope, second half (MB per audio hour) | 12.75 |" in md
+    assert "| finals / sentences | 9 / 9 |" in md
+    # full_shape, generic: row lists and flat objects as tables, text lists as bullets, nested objects named
+    assert "| name | ours | reference | unit | ratio | goal | met |" in md
+    assert "| P2a: 35 s window | 8.12 | 16.5 | s | 2.03 | 1.5 | yes |" in md
+    assert "| P2b (encoder stage only) | 1.25 | 5.5 | s | 4.4 | – | – |" in md
+    assert "| export | 2410.5 |" in md
+    assert "| buckets | 500, 3500 |" in md
+    assert "- ran with 4 encoder layers" in md and "- Total seconds: 321.5" in md
+    assert "More in the JSON: `steps`." in md and "a very long log line" not in md
+    assert "load average at end 2.5, 2" in md
+    assert "Not measured yet" not in md
+
+
+def test_figures_are_written_and_referenced(full: tuple[Path, str]) -> None:
+    docs, md = full
+    for name in ("stages.png", "latency.png", "rss.png"):
+        png = docs / "img" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](img/{name})" in md
+
+
+def test_absent_files_are_skipped(tmp_path: Path) -> None:
+    md = run(write_results(tmp_path / "results", {"decoder_step.json": DECODER_STEP}), tmp_path / "d" / "b.md")
+    assert "## Decoder step" in md
+    for heading in ("## Accuracy", "## Live caption latency", "## Daemon soak", "## Full-shape"):
+        assert heading not in md
+    assert "![" not in md and not (tmp_path / "d" / "img").exists()
+    assert "- `live_latency.json` (`python bench/live_latency.py`)" in md
+    assert "- `accuracy-*.json`" in md
+
+
+def test_same_json_same_files(tmp_path: Path) -> None:
+    results = write_results(tmp_path / "results", ALL)
+    first = run(results, tmp_path / "a" / "benchmarks.md")
+    pngs = {p.name: p.read_bytes() for p in (tmp_path / "a" / "img").iterdir()}
+    assert run(results, tmp_path / "a" / "benchmarks.md") == first
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a" / "img").iterdir()} == pngs
+    assert str(tmp_path) not in first  # no paths of this machine
