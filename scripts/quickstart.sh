@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
-# Set everything up, then transcribe a sample with the daemon's engine.
-#
-# Until the trained demo model lands (models/demo/), this builds a TINY RANDOM Cohere-architecture checkpoint,
-# exports it with our exporter and transcribes a generated espeak-ng clip: the pipeline is real, the text is
-# gibberish because the weights are random.
+# Set everything up, then run the daemon on the bundled demo model (no download):
+#   1. transcribe the bundled samples (English and Spanish) with `python -m daemon transcribe`;
+#   2. serve the English sample as if it were a microphone (`serve --source FILE`, real time) and show the live
+#      captions with `clients/cli.py --partials --until-source-ends`.
+# For the microphone: `.venv/bin/python -m daemon serve` and, in another terminal, `.venv/bin/python clients/cli.py`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY=.venv/bin/python
-mkdir -p build
-if [ -f models/demo/manifest.json ]; then
-  MODEL=models/demo
-else
-  MODEL=build/tiny-bundle
-  if [ ! -f "$MODEL/manifest.json" ]; then
-    $PY -m exporter.tiny --out build/tiny-checkpoint
-    $PY -m exporter --checkpoint build/tiny-checkpoint --out "$MODEL" --backends onnx,coreml 2>&1 \
-      | grep -E "^\[export\]|manifest.json$"
-  fi
-  echo "NOTE: $MODEL is a tiny model with RANDOM weights: expect gibberish, not a transcript."
+if [ ! -f models/demo/manifest.json ]; then
+  echo "error: models/demo (the bundled demo model) is missing from this checkout" >&2
+  exit 2
 fi
-espeak-ng -v en-us -w build/sample.wav "set a timer for ten minutes and turn on the kitchen lights"
-echo "+ python -m daemon transcribe build/sample.wav --model $MODEL --format json"
-$PY -m daemon transcribe build/sample.wav --model "$MODEL" --format json
+for lang in en es; do
+  echo "+ python -m daemon transcribe samples/demo-$lang.wav --language $lang"
+  $PY -m daemon transcribe "samples/demo-$lang.wav" --language "$lang"
+done
+echo "+ python -m daemon serve --source samples/demo-en.wav   (live captions, paced in real time)"
+$PY -m daemon serve --source samples/demo-en.wav --port 8766 --log-level WARNING &
+DAEMON=$!
+trap 'kill $DAEMON 2>/dev/null || true' EXIT
+$PY - <<'PY'  # wait until the daemon listens (the file is already playing into its buffer)
+import time, urllib.request
+for _ in range(300):
+    try:
+        urllib.request.urlopen("http://127.0.0.1:8766/health", timeout=1)
+        break
+    except OSError:
+        time.sleep(0.1)
+PY
+$PY clients/cli.py --url ws://127.0.0.1:8766 --partials --until-source-ends
