@@ -41,6 +41,9 @@ HELDOUT_VARIANT: dict[str, str] = {"en": "Andrea", "es": "Annie"}
 
 SPEED_RANGE = (120, 200)  # words per minute, inclusive
 PITCH_RANGE = (30, 70)  # espeak-ng pitch adjustment 0..99, inclusive
+PERTURB_RANGE = (0.88, 1.12)  # training-only resampling factor: scales pitch, formants and tempo together
+GAP_RANGE = (0.25, 0.8)  # seconds of silence between the sentences of a multi-sentence clip
+SENTENCE_BREAK = "\n"  # separates the sentences of one clip in a text; spoken with a pause, labelled as a space
 
 assert not set(HELDOUT_VARIANT.values()) & set(TRAIN_VARIANTS), "held-out variant used for training"
 
@@ -129,6 +132,13 @@ def synthesize(text: str, voice: Voice) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
+def perturb(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Speed perturbation: resample by a random factor and play back at 16 kHz, which moves pitch and formants
+    (a crude vocal-tract-length change) so that voices beyond espeak-ng's variants are heard in training."""
+    factor = rng.uniform(*PERTURB_RANGE)
+    return soxr.resample(x, SAMPLE_RATE, SAMPLE_RATE / factor).astype(np.float32)
+
+
 def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random level, leading/trailing silence and white noise; result clipped to [-1, 1]."""
     gain = rng.uniform(0.3, 1.0)
@@ -143,9 +153,18 @@ _augment = augment  # make_clip's ``augment`` flag shadows the function name
 
 
 def make_clip(text: str, lang: str, rng: np.random.Generator, heldout: bool = False,
-              augment: bool = True) -> np.ndarray:
-    """Synthesize ``text`` with a random ``lang`` voice, peak-normalised to 0.9, optionally augmented."""
-    x = synthesize(text, voice_for(lang, rng, heldout))
+              augment: bool = True, perturbed: bool = False) -> np.ndarray:
+    """Synthesize ``text`` with a random ``lang`` voice, peak-normalised to 0.9, optionally augmented.
+
+    Sentences separated by SENTENCE_BREAK are spoken by the same voice with a random pause between them;
+    ``perturbed`` adds speed perturbation (training only).
+    """
+    voice = voice_for(lang, rng, heldout)
+    parts = [synthesize(t, voice) for t in text.split(SENTENCE_BREAK)]
+    gaps = [np.zeros(int(rng.uniform(*GAP_RANGE) * SAMPLE_RATE), np.float32) for _ in parts[1:]]
+    x = np.concatenate([a for pair in zip(parts, [*gaps, None]) for a in pair if a is not None])
+    if perturbed:
+        x = perturb(x, rng)
     peak = float(np.abs(x).max())
     if peak > 0:
         x = x * (0.9 / peak)
@@ -153,12 +172,13 @@ def make_clip(text: str, lang: str, rng: np.random.Generator, heldout: bool = Fa
 
 
 def synthesize_many(items: list[tuple[str, str]], seed: int, heldout: bool,
-                    workers: int = 2, augment: bool = True) -> list[np.ndarray]:
+                    workers: int = 2, augment: bool = True, perturbed: bool = False) -> list[np.ndarray]:
     """Synthesize (text, lang) pairs in parallel; item i uses rng seeded by (seed, i)."""
 
     def one(i: int) -> np.ndarray:
         text, lang = items[i]
-        return make_clip(text, lang, np.random.default_rng([seed, i]), heldout=heldout, augment=augment)
+        return make_clip(text, lang, np.random.default_rng([seed, i]), heldout=heldout, augment=augment,
+                         perturbed=perturbed)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(one, range(len(items)))

@@ -42,12 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m exporter.demo.train", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="run folder (cache/, checkpoint/)")
     ap.add_argument("--seed", type=int, default=grammar.DEMO_SEED)
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=2, help="torch threads and espeak-ng workers")
     ap.add_argument("--n-train", type=int, default=grammar.DEMO_TRAIN_SENTENCES,
                     help="training sentences drawn per language (duplicates allowed)")
     ap.add_argument("--clips", type=int, default=grammar.DEMO_TRAIN_SENTENCES,
                     help="training clips per language (sentences cycled)")
+    ap.add_argument("--multi-share", type=float, default=0.1,
+                    help="share of training clips that join 2-3 sentences with pauses (windows hold several)")
+    ap.add_argument("--no-perturb", action="store_true", help="train without speed perturbation")
     ap.add_argument("--n-test", type=int, default=grammar.DEMO_HELDOUT_SENTENCES, help="held-out sentences per language")
     ap.add_argument("--vocab", type=int, default=512, help="SentencePiece pieces (275 are controls + bytes)")
     ap.add_argument("--batch", type=int, default=24)
@@ -79,9 +82,12 @@ def unpack(audio: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
 def build_texts(args: argparse.Namespace) -> dict[str, list[tuple[str, str]]]:
     """(text, lang) items for training clips, held-out sentences and the training sentences themselves."""
     train, test, sents = [], [], []
+    rng = random.Random(args.seed + 3)
     for lang in LANGS:
         tr, te = grammar.split(lang, args.n_train, args.n_test, args.seed)
-        train += [(tr[i % len(tr)], lang) for i in range(args.clips)]
+        for i in range(args.clips):
+            extra = rng.choice((1, 1, 2)) if rng.random() < args.multi_share else 0
+            train.append((synth.SENTENCE_BREAK.join([tr[i % len(tr)], *rng.sample(tr, extra)]), lang))
         test += [(t, lang) for t in te]
         sents += [(t, lang) for t in tr]
     return {"train": train, "test": test, "voice": test, "sentences": sents}
@@ -89,7 +95,9 @@ def build_texts(args: argparse.Namespace) -> dict[str, list[tuple[str, str]]]:
 
 def synthesize_sets(args: argparse.Namespace, items: dict[str, list[tuple[str, str]]]) -> dict[str, ClipSet]:
     """Synthesize train / held-out (training voices) / held-out (unseen voice) clips, cached in DIR/cache."""
-    cache = args.out / "cache" / f"clips-s{args.seed}-n{args.n_train}-c{args.clips}-t{args.n_test}.npz"
+    perturb = not args.no_perturb
+    cache = args.out / "cache" / (f"clips-s{args.seed}-n{args.n_train}-c{args.clips}-t{args.n_test}"
+                                  f"-m{args.multi_share}-p{int(perturb)}.npz")
     plan = {"train": (args.seed, False), "test": (args.seed + 1000, False), "voice": (args.seed + 2000, True)}
     if cache.is_file():
         print(f"[data] using cached audio {cache}", file=sys.stderr)
@@ -97,12 +105,13 @@ def synthesize_sets(args: argparse.Namespace, items: dict[str, list[tuple[str, s
         audio = {k: unpack(z[f"{k}_audio"], z[f"{k}_offsets"]) for k in plan}
     else:
         synth.check_voices()
-        audio = {k: synth.synthesize_many(items[k], seed=s, heldout=h, workers=args.threads)
-                 for k, (s, h) in plan.items()}
+        audio = {k: synth.synthesize_many(items[k], seed=s, heldout=h, workers=args.threads,
+                                          perturbed=perturb and k == "train") for k, (s, h) in plan.items()}
         cache.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"{k}_{n}": v for k in plan for n, v in pack(audio[k]).items()}
         np.savez(cache, **arrays)
-    return {k: ClipSet(audio[k], [t for t, _ in items[k]], [lang for _, lang in items[k]]) for k in plan}
+    return {k: ClipSet(audio[k], [t.replace(synth.SENTENCE_BREAK, " ") for t, _ in items[k]],
+                       [lang for _, lang in items[k]]) for k in plan}
 
 
 def build_model(vocab_size: int, start_id: int):  # -> CohereAsrForConditionalGeneration
@@ -334,7 +343,8 @@ def save(args: argparse.Namespace, model, fe, ckpt_dir: Path, loss: float, final
         "command": "python -m exporter.demo.train " + " ".join(sys.argv[1:]),
         "seed": args.seed, "steps": args.steps, "threads": args.threads, "batch": args.batch, "lr": args.lr,
         "warmup": args.warmup, "vocab": args.vocab, "ctc_weight": CTC_WEIGHT,
-        "specaugment": not args.no_specaugment, "final_loss": round(loss, 4),
+        "specaugment": not args.no_specaugment, "speed_perturbation": None if args.no_perturb else synth.PERTURB_RANGE,
+        "multi_sentence_share": args.multi_share, "final_loss": round(loss, 4),
         "wer": final, "history": history,
         "data": {k: {"clips": len(v.audio), "hours": round(v.hours(), 3),
                      "sentences": len(set(v.texts))} for k, v in sets.items()},
@@ -342,6 +352,8 @@ def save(args: argparse.Namespace, model, fe, ckpt_dir: Path, loss: float, final
                    "unseen_variant": synth.HELDOUT_VARIANT, "heldout_set": "training voices, unseen sentences"},
         "elapsed_s": round(elapsed, 1),
     }
+    if args.init:  # keep the provenance chain: the run this one continued
+        report["init"] = {"path": str(args.init), "training": json.loads((args.init / "training.json").read_text())}
     (ckpt_dir / "training.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"[done] {ckpt_dir} in {elapsed / 60:.1f} min; WER {json.dumps(final)}", file=sys.stderr)
 
