@@ -12,7 +12,7 @@ from pathlib import Path
 
 import soundfile as sf
 from live import DEMO, ROOT, Daemon
-from pending_test_live import SR, program, sentences
+from test_live import SR, program, sentences
 
 
 class Tmux:
