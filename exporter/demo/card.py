@@ -35,6 +35,32 @@ def parameter_count(checkpoint: Path) -> int:
     return total
 
 
+def phases(training: dict) -> list[dict]:
+    """The training runs that made the checkpoint, first run first (a run started with --init records the run it
+    continued under "init")."""
+    chain = [training]
+    while "init" in chain[0]:
+        chain.insert(0, chain[0]["init"]["training"])
+    return chain
+
+
+def _phase(t: dict) -> str:
+    perturb = t.get("speed_perturbation")
+    data = (f"speed perturbation ×{perturb[0]}–{perturb[1]}" if perturb else "no speed perturbation") + \
+        f", {100 * t.get('multi_sentence_share', 0):.0f} % multi-sentence clips"
+    return (f"{t['steps']} steps of AdamW (batch {t['batch']}, peak LR {t['lr']}, cosine), {data}, "
+            f"SpecAugment: {t['specaugment']}; {t['elapsed_s'] / 60:.0f} min on {t['threads']} CPU threads: "
+            f"`{t.get('command_today', t['command'])}`")
+
+
+def _training_lines(training: dict) -> str:
+    chain = phases(training)
+    head = (f"- Training: transformers' own loss plus a training-only CTC head (weight {training['ctc_weight']}), "
+            f"{sum(t['steps'] for t in chain)} steps in {len(chain)} run(s), each continuing the one before "
+            f"(`--init`) on the same seed, sentences and tokenizer:")
+    return "\n".join([head, *(f"  {i + 1}. {_phase(t)}" for i, t in enumerate(chain))])
+
+
 def render(training: dict, evaluation: dict, config: dict, bundle: Path, params: int) -> str:
     enc, dec = config["encoder_config"], config
     size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file() and p.name != "MODEL_CARD.md")
@@ -67,14 +93,11 @@ nearest sentence it knows. Use the real model for real speech (docs/macos.md, RE
   layers × {dec['hidden_size']}, vocabulary {dec['vocab_size']} (SentencePiece BPE with byte fallback and the real
   special-piece names), decoder cache capacity ≥ 266.
 - Data: {data['train']['clips']} training clips ({data['train']['hours']:.1f} h, {data['train']['sentences']} distinct
-  sentences) spoken by espeak-ng voices {', '.join(f'{k}: ' + '/'.join(v) for k, v in voices['base'].items())} with
+  transcripts) spoken by espeak-ng voices {', '.join(f'{k}: ' + '/'.join(v) for k, v in voices['base'].items())} with
   {len(voices['train_variants'])} voice variants, random speed, pitch, level, leading/trailing silence and noise;
   16 kHz. Held-out sentences never occur in training.
-- Training: {training['steps']} steps of AdamW (batch {training['batch']}, peak LR {training['lr']}, cosine),
-  transformers' own loss plus a training-only CTC head (weight {training['ctc_weight']}), SpecAugment masking:
-  {training['specaugment']}; {training['elapsed_s'] / 60:.0f} min on {training['threads']} CPU threads.
-- Command: `{training['command']}`, then
-  `python -m exporter --checkpoint models/demo-checkpoint --out models/demo --buckets {','.join(map(str, json.loads((bundle / 'manifest.json').read_text())['encoder']['buckets']))}`.
+{_training_lines(training)}
+- Export: `python -m exporter --checkpoint models/demo-checkpoint --out models/demo --buckets {','.join(map(str, json.loads((bundle / 'manifest.json').read_text())['encoder']['buckets']))}`.
 - Bundle: ONNX (fp32, weights shared by all graphs) and Core ML (INT8 encoder, FP16 decoder), {size / 1e6:.1f} MB.
 
 ## Measured accuracy
