@@ -162,7 +162,10 @@ def make_clip(text: str, lang: str, rng: np.random.Generator, heldout: bool = Fa
     voice = voice_for(lang, rng, heldout)
     parts = [synthesize(t, voice) for t in text.split(SENTENCE_BREAK)]
     gaps = [np.zeros(int(rng.uniform(*GAP_RANGE) * SAMPLE_RATE), np.float32) for _ in parts[1:]]
-    x = np.concatenate([a for pair in zip(parts, [*gaps, None]) for a in pair if a is not None])
+    pieces = [parts[0]]
+    for gap, part in zip(gaps, parts[1:], strict=True):
+        pieces += [gap, part]
+    x = np.concatenate(pieces)
     if perturbed:
         x = perturb(x, rng)
     peak = float(np.abs(x).max())
