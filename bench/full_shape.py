@@ -27,15 +27,16 @@ import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.flops import encoder_flops, export_extra_flops, graph_flops  # noqa: E402
+from bench.procs import GUARD, Worker, WorkerError, measure, meminfo_mb, serve  # noqa: E402
 
 SR = 16000
 WINDOW_S = 35.0
@@ -115,237 +116,6 @@ def phase_checkpoint(out: Path, encoder_layers: int, decoder_layers: int, seed: 
     write_real_layout_tokenizer(out / "tokenizer.model")
     return {"params": sum(p.numel() for p in model.parameters()), "init_seconds": round(init_s, 1),
             "seconds": round(time.perf_counter() - t0, 1)}
-
-
-# --- FLOPs ----------------------------------------------------------------------------------------------------
-
-def encoder_flops(cfg: Any, frames: int) -> dict[str, float]:
-    """FLOPs (2 per multiply-add) of the FastConformer encoder on `frames` input frames, from the shapes.
-
-    Counted: every matrix multiply and convolution. Not counted: norms, activations, softmax, masking, the
-    rel_shift copies and the positional sin/cos (elementwise, well under 1 %). With C subsampling channels,
-    frames F → F1 → F2 → F3 = T and mels 128 → 64 → 32 → 16 over the three stride-2 stages:
-
-        subsampling   conv0 (1→C, 3×3): 2·9·C·F1·64
-                      stage s = 2, 3: depthwise 3×3 2·9·C·Fs·Ms + pointwise 2·C²·Fs·Ms
-                      linear (16·C → d): 2·T·16C·d
-        per layer     FF1 + FF2 (macaron, d → ff → d each): 2 · 2 · 2·T·d·ff
-        (T frames,    q, k, v, o projections: 4 · 2·T·d²;  linear_pos over P = 2T−1 positions: 2·P·d²
-        P = 2T−1)     scores (q+u)kᵀ: 2·T²·d;  (q+v)pᵀ: 2·T·P·d;  attention × v: 2·T²·d
-                      conv module: pointwise d → 2d 2·T·d·2d, depthwise k 2·T·d·k, pointwise d → d 2·T·d²
-
-    At the real shape and 3500 frames (T = 438): 9.9 GFLOP subsampling + 37.8 GFLOP per layer, 1.83 TFLOP.
-    """
-    d, ff, k, c = cfg.hidden_size, cfg.intermediate_size, cfg.conv_kernel_size, cfg.subsampling_conv_channels
-    lengths, mels = [frames], [cfg.num_mel_bins]
-    for _ in range(3):
-        lengths.append(-(-lengths[-1] // 2))
-        mels.append(mels[-1] // 2)
-    t, p = lengths[3], 2 * lengths[3] - 1
-    sub = 2 * 9 * c * lengths[1] * mels[1]
-    sub += sum(2 * 9 * c * lengths[s] * mels[s] + 2 * c * c * lengths[s] * mels[s] for s in (2, 3))
-    sub += 2 * t * c * mels[3] * d
-    parts = {"feed_forward": 2 * 2 * 2 * t * d * ff, "attention_projections": 4 * 2 * t * d * d,
-             "linear_pos": 2 * p * d * d, "attention_scores": 2 * t * t * d + 2 * t * p * d + 2 * t * t * d,
-             "conv_module": 2 * t * d * 2 * d + 2 * t * d * k + 2 * t * d * d}
-    per_layer = sum(parts.values())
-    return {"frames_out": t, "subsampling": float(sub), "per_layer": float(per_layer),
-            "per_layer_parts": {n: float(v) for n, v in parts.items()},
-            "total": float(sub + cfg.num_hidden_layers * per_layer)}
-
-
-def export_extra_flops(cfg: Any, t: int) -> float:
-    """What our encoder graph computes on top of the encoder: decoder.proj and every layer's cross K/V."""
-    d_enc, d_dec = cfg.encoder_config.hidden_size, cfg.hidden_size
-    return float(2 * t * d_enc * d_dec + cfg.num_hidden_layers * 2 * 2 * t * d_dec * d_dec)
-
-
-def graph_flops(path: Path) -> dict[str, float]:
-    """FLOPs of every MatMul, Gemm and Conv of a static-shape ONNX graph, from onnx shape inference; products
-    of two initializers (ONNX Runtime folds them at load) are counted apart. Dims that shape inference leaves
-    symbolic (after Reshape/Expand) are taken from the other operand or the output, else 1 (the batch)."""
-    import math
-
-    import onnx
-
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
-    g = model.graph
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in (*g.input, *g.output, *g.value_info)}
-    shapes.update({i.name: list(i.dims) for i in g.initializer})
-    consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
-
-    def known(*dims: int) -> int:
-        return next((d for d in dims if d > 0), 1)
-
-    run, folded = 0.0, 0.0
-    for n in g.node:
-        if n.op_type not in ("MatMul", "Gemm", "Conv"):
-            continue
-        a, b, y = shapes[n.input[0]], shapes[n.input[1]], shapes[n.output[0]]
-        if n.op_type == "Conv":  # y (N, C_out, *spatial), w (C_out, C_in/groups, *kernel)
-            f = 2.0 * known(y[1], b[0]) * math.prod(known(d) for d in y[2:]) * math.prod(b[1:])
-        else:
-            if n.op_type == "Gemm" and any(at.name == "transB" and at.i for at in n.attribute):
-                b = b[::-1]
-            lead = max(len(a), len(b), len(y)) - 2
-            pad = [[0] * (lead + 2 - len(s)) + s for s in (a, b, y)]
-            batch = math.prod(known(pad[2][i], pad[0][i], pad[1][i]) for i in range(lead))
-            f = 2.0 * batch * known(a[-2], y[-2]) * known(a[-1], b[-2]) * known(b[-1], y[-1])
-        if all(i in consts for i in n.input[:2]):
-            folded += f
-        else:
-            run += f
-    return {"executed": run, "constant_folded": folded}
-
-
-# --- subprocess phases ----------------------------------------------------------------------------------------
-
-def measure(cmd: list[str], log: Path, timeout_s: float | None = None) -> dict[str, Any]:
-    """Run a command (cwd = repo root), output to `log`; its wall time, exit status and peak RSS (os.wait4).
-    The memory guard kills it if the machine runs short (see MemoryGuard)."""
-    t0 = time.perf_counter()
-    with log.open("w") as fh:
-        p = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-        _, status, ru = _wait4(p, timeout_s)
-    tail = log.read_text(errors="replace").splitlines()[-15:]
-    res = {"command": shlex.join(cmd), "rc": os.waitstatus_to_exitcode(status),
-           "seconds": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(ru.ru_maxrss / 1024),
-           "log_tail": tail}
-    if GUARD.tripped_by(p.pid):
-        res["killed"] = GUARD.tripped_by(p.pid)
-    return res
-
-
-def _wait4(p: subprocess.Popen, timeout_s: float | None) -> tuple[int, int, Any]:
-    """os.wait4 (rusage of this child alone), polling so the timeout and the memory guard can act."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    GUARD.watch(p)
-    try:
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                p.returncode = os.waitstatus_to_exitcode(status)
-                return pid, status, ru
-            if deadline is not None and time.monotonic() > deadline:
-                GUARD.kill(p, f"ran past {timeout_s:.0f} s")
-                deadline = None
-            time.sleep(0.2)
-    finally:
-        GUARD.unwatch(p)
-
-
-class MemoryGuard:
-    """Kills our subprocesses when MemAvailable falls below a floor, before the kernel's OOM killer picks a
-    victim (possibly someone else's process). A thread polls /proc/meminfo every 50 ms."""
-
-    def __init__(self, floor_mb: float = 1500.0) -> None:
-        self.floor_mb = floor_mb
-        self._live: dict[int, subprocess.Popen] = {}
-        self._why: dict[int, str] = {}
-        self._thread: Any = None
-
-    def watch(self, p: subprocess.Popen) -> None:
-        import threading
-
-        self._live[p.pid] = p
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-
-    def unwatch(self, p: subprocess.Popen) -> None:
-        self._live.pop(p.pid, None)
-
-    def kill(self, p: subprocess.Popen, why: str) -> None:
-        self._why.setdefault(p.pid, why)
-        p.kill()
-
-    def tripped_by(self, pid: int) -> str | None:
-        return self._why.get(pid)
-
-    def _run(self) -> None:
-        while True:
-            avail = _meminfo("MemAvailable")
-            if avail < self.floor_mb:
-                for p in list(self._live.values()):
-                    rss = _proc_rss_mb(p.pid)
-                    self.kill(p, f"killed by the memory guard: MemAvailable {avail:.0f} MB < {self.floor_mb:.0f} MB "
-                                 f"with this process at {rss} MB RSS")
-            time.sleep(0.05)
-
-
-def _proc_rss_mb(pid: int, field: str = "VmRSS") -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return -1
-
-
-GUARD = MemoryGuard()
-
-
-class WorkerError(RuntimeError):
-    """A worker subprocess failed or died."""
-
-
-class Worker:
-    """A persistent subprocess (this script with --phase ours|reference): JSON commands in, JSON lines out."""
-
-    def __init__(self, phase: str, args: list[str], log: Path) -> None:
-        self.phase = phase
-        self._log = log.open("w")
-        self.p = subprocess.Popen([sys.executable, __file__, "--phase", phase, *args], cwd=ROOT, text=True,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
-        GUARD.watch(self.p)
-
-    def call(self, cmd: str, **kw: Any) -> dict[str, Any]:
-        assert self.p.stdin and self.p.stdout
-        self.p.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
-        self.p.stdin.flush()
-        for line in self.p.stdout:
-            if line.startswith("@@ "):
-                res = json.loads(line[3:])
-                if "error" in res:
-                    raise WorkerError(f"{self.phase} {cmd}: {res['error']}")
-                return res
-        why = GUARD.tripped_by(self.p.pid) or f"see {self._log.name}"
-        raise WorkerError(f"the {self.phase} worker died during {cmd!r} ({why})")
-
-    def close(self) -> dict[str, Any]:
-        """End the worker; its exit status and peak RSS over its whole life."""
-        assert self.p.stdin
-        try:
-            self.p.stdin.close()
-        except BrokenPipeError:
-            pass
-        _, status, ru = _wait4(self.p, 120)
-        self._log.close()
-        res = {"rc": os.waitstatus_to_exitcode(status), "peak_rss_mb": round(ru.ru_maxrss / 1024)}
-        if GUARD.tripped_by(self.p.pid):
-            res["killed"] = GUARD.tripped_by(self.p.pid)
-        return res
-
-
-def serve(handler: Any) -> None:
-    """Worker side: run the handler's methods named by each stdin line; library prints go to stderr."""
-    out, sys.stdout = sys.stdout, sys.stderr
-    for line in sys.stdin:
-        req = json.loads(line)
-        try:
-            res = getattr(handler, req.pop("cmd"))(**req)
-        except Exception as e:  # reported to the orchestrator, which records it
-            traceback.print_exc()
-            res = {"error": f"{type(e).__name__}: {e}"}
-        res.update(rss_mb=_rss_mb("VmRSS"), peak_rss_mb=_rss_mb("VmHWM"))
-        out.write("@@ " + json.dumps(res) + "\n")
-        out.flush()
-
-
-def _rss_mb(field: str) -> int:
-    return _proc_rss_mb(os.getpid(), field)
 
 
 def audio(seconds: float, seed: int = 0):  # -> float32 (n,) noise, the same for both sides
@@ -545,16 +315,8 @@ def machine() -> dict[str, Any]:
     model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
     import onnxruntime as ort
 
-    return {"cpu": model, "arch": platform.machine(), "cores": os.cpu_count(), "ram_gb": round(_meminfo("MemTotal") / 1024, 1),
+    return {"cpu": model, "arch": platform.machine(), "cores": os.cpu_count(), "ram_gb": round(meminfo_mb("MemTotal") / 1024, 1),
             "onnxruntime": ort.__version__, "python": platform.python_version(), "load_average_at_start": os.getloadavg()}
-
-
-def _meminfo(field: str) -> float:
-    """A /proc/meminfo field in MB."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _phase_cmd(phase: str, *extra: str) -> list[str]:
@@ -588,7 +350,7 @@ class Side:
     def start(self, phase: str, args: list[str], log: Path, warm: list[str], load_label: str) -> None:
         """Start the worker, then one untimed window per case in `warm` (the first one's peak RSS is
         reported as load + one window)."""
-        self.worker = Worker(phase, args, log)
+        self.worker = Worker(__file__, phase, args, log)
         first = self.call("loaded")
         for i, which in enumerate(warm):
             r = self.call("window", which=which)
@@ -636,7 +398,7 @@ def run_sides(args: argparse.Namespace, bundle: Path | None, ckpt: Path, work: P
         ours.start("ours", ["--bundle", str(bundle), "--new-tokens", n], work / "ours.log", ["p2a", "bucket"],
                    "inference, ours (ORT): bundle load + one 35 s window (bucket 3500 session only)")
     torch_need = 4 * params / MB * 1.15 + 1500  # fp32 weights + activations and libraries, MB
-    avail = _meminfo("MemAvailable")
+    avail = meminfo_mb("MemAvailable")
     together = args.mode == "concurrent" or (args.mode == "auto" and avail > torch_need + 1500)
     mode = "alternating, both loaded" if together or ours.worker is None else "sequential, one side at a time"
     notes.append(f"sides run {mode}: MemAvailable {avail:.0f} MB with ours loaded, transformers needs "

@@ -13,14 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # bench/ is a folder of scripts, not an installed package
 
-from bench.full_shape import (  # noqa: E402
-    MemoryGuard,
-    encoder_flops,
-    export_extra_flops,
-    full_config,
-    graph_flops,
-    write_real_layout_tokenizer,
-)
+from bench.flops import encoder_flops, export_extra_flops, graph_flops  # noqa: E402
+from bench.full_shape import full_config, write_real_layout_tokenizer  # noqa: E402
+from bench.procs import MemoryGuard  # noqa: E402
 
 
 def test_tokenizer_has_16384_pieces_with_the_real_ids(tmp_path):
