@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--eos-bias", type=float, default=None, help="added to the end-of-text logit (default 0)")
     t.add_argument("--dither", type=float, default=None,
                    help="dither std added before features (default: the bundle's, 1e-5; 0 turns it off)")
+    t.add_argument("--vad", action="store_true",
+                   help="transcribe only speech, one segment per utterance, cut at pauses as `serve` does "
+                        "(webrtcvad); without it: ≤ 35 s windows of everything")
     t.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text")
     _serve_parser(sub)
     sub.add_parser("devices", help="list audio input devices")
@@ -85,14 +88,16 @@ def _transcribe(args: argparse.Namespace) -> int:
     from .decode import DecodeOptions
     from .formats import render
     from .transcribe import load_transcriber
+    from .vad import VadOptions
 
     tr = load_transcriber(args.model, args.backend, args.dither)
     options = DecodeOptions(language=args.language, punctuation=not args.no_punctuation,
                             max_new_tokens=args.max_new_tokens, ignore_eos=args.ignore_eos,
                             eos_logit_bias=args.eos_bias)
+    vad = VadOptions(sample_rate=tr.sample_rate) if args.vad else None
     for f in args.files:
         samples = load_audio(f, tr.sample_rate)
-        sys.stdout.write(render(tr.transcribe(samples, options), args.format, source=f))
+        sys.stdout.write(render(tr.transcribe(samples, options, vad=vad), args.format, source=f))
         sys.stdout.flush()
     return 0
 

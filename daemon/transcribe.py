@@ -17,6 +17,7 @@ from .decode import DecodeOptions, DecodeResult, build_prompt, greedy_decode, re
 from .errors import AudioError
 from .features import log_mel, pad_frames
 from .tokenizer import Tokenizer
+from .vad import VadOptions, speech_spans
 
 
 @dataclass(frozen=True)
@@ -91,15 +92,18 @@ class Transcriber:
                              int(round(b.split_search_seconds * sr)), b.split_window_samples)
 
     def transcribe(self, samples: npt.NDArray[np.float32], options: DecodeOptions,
-                   timings: dict[str, float] | None = None) -> Iterator[Segment]:
+                   timings: dict[str, float] | None = None, vad: VadOptions | None = None) -> Iterator[Segment]:
         """Transcribe audio of any length, one Segment per window, in order.
 
         timings: when given, seconds per stage are added to it ("features", "encoder", "decoder", "detokenize").
+        vad: when given, the windows are the speech segments found by the VAD (as `serve` cuts them) instead
+            of ≤ 35 s windows of everything; silence then gives no segment at all.
         """
         if samples.shape[0] == 0:
             raise AudioError("the audio is empty")
         sr = self.sample_rate
-        for start, end in self.windows(samples):
+        spans = self.windows(samples) if vad is None else speech_spans(samples, vad)
+        for start, end in spans:
             _, result = self.transcribe_window(samples[start:end], options, timings=timings)
             with _stage(timings, "detokenize"):
                 text = self.tokenizer.decode(result.tokens)

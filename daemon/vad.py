@@ -313,3 +313,18 @@ def _to_pcm16(x: npt.NDArray[np.float32]) -> bytes:
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def speech_spans(samples: npt.NDArray[np.float32], options: VadOptions) -> list[tuple[int, int]]:
+    """[start, end) sample spans of the speech segments of a whole recording, the way `serve` cuts a live
+    stream (pre-roll, end-of-speech silence, minimum speech, ≤ max_segment_s); [] when there is no speech.
+    The last partial frame is padded with zeros; spans never reach past the end of `samples`."""
+    seg, n, step = Segmenter(options), samples.shape[0], options.frame_samples
+    events: list[SegmentEvent] = []
+    for i in range(0, n, step):
+        frame = samples[i:i + step]
+        if frame.shape[0] < step:
+            frame = np.concatenate([frame, np.zeros(step - frame.shape[0], np.float32)])
+        events += seg.push(frame)
+    events += seg.flush()
+    return [(e.start, min(e.end, n)) for e in events if isinstance(e, SegmentClosed) and e.start < n]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up, then run the daemon on the bundled demo model (no download):
-#   1. transcribe the bundled samples (English and Spanish) with `python -m daemon transcribe`;
+#   1. transcribe the bundled samples (English and Spanish) with `python -m daemon transcribe --vad` (one line
+#      per sentence);
 #   2. serve the English sample as if it were a microphone (`serve --source FILE`, real time) and show the live
 #      captions with `clients/cli.py --partials --until-source-ends`.
 # For the microphone: `.venv/bin/python -m daemon serve` and, in another terminal, `.venv/bin/python clients/cli.py`.
@@ -13,8 +14,8 @@ if [ ! -f models/demo/manifest.json ]; then
   exit 2
 fi
 for lang in en es; do
-  echo "+ python -m daemon transcribe samples/demo-$lang.wav --language $lang"
-  $PY -m daemon transcribe "samples/demo-$lang.wav" --language "$lang"
+  echo "+ python -m daemon transcribe samples/demo-$lang.wav --language $lang --vad"
+  $PY -m daemon transcribe "samples/demo-$lang.wav" --language "$lang" --vad
 done
 echo "+ python -m daemon serve --source samples/demo-en.wav   (live captions, paced in real time)"
 $PY -m daemon serve --source samples/demo-en.wav --port 8766 --log-level WARNING &

@@ -126,3 +126,22 @@ def test_bundle_size() -> None:
     size = sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file())
     print(f"models/demo: {size / 1e6:.1f} MB")
     assert size <= 25e6
+
+
+def test_transcribe_vad_gives_one_segment_per_sentence_of_the_samples() -> None:
+    """The quick start's `transcribe --vad`: the bundled samples hold three sentences each, one second apart."""
+    said = {"en": ["dad will call back on march ninth", "i bought a new purple cup",
+                   "could you set a timer for forty seven minutes"],
+            "es": ["hace diecisiete grados en el lavadero", "por favor cierra las persianas del despacho por favor",
+                   "el concierto empieza a las ocho de la noche"]}  # samples/README.md
+    refs, hyps = [], []
+    for lang, texts in said.items():
+        doc = cli_transcribe([ROOT / "samples" / f"demo-{lang}.wav"], lang, "--vad")[0]
+        segs = doc["segments"]
+        assert len(segs) == 3, segs
+        assert all(a["end"] <= b["start"] for a, b in zip(segs, segs[1:], strict=False))
+        refs += texts
+        hyps += [s["text"] for s in segs]
+    wer = jiwer.wer(refs, hyps)
+    print(f"samples/demo-{{en,es}}.wav --vad: WER {wer:.3f}")
+    assert wer <= MAX_WER

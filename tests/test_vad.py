@@ -7,7 +7,15 @@ import pytest
 from helpers import SR, espeak
 
 from daemon.audio import split_windows
-from daemon.vad import SegmentClosed, SegmentDropped, Segmenter, SegmentEvent, SpeechStarted, VadOptions
+from daemon.vad import (
+    SegmentClosed,
+    SegmentDropped,
+    Segmenter,
+    SegmentEvent,
+    SpeechStarted,
+    VadOptions,
+    speech_spans,
+)
 
 OPTS = VadOptions()
 FRAME = OPTS.frame_samples  # 480 samples, 30 ms
@@ -181,3 +189,21 @@ def test_derived_sizes() -> None:
     o = VadOptions(frame_ms=20, sample_rate=8000, pre_roll_ms=300, end_silence_ms=610, min_speech_ms=250)
     assert (o.frame_samples, o.pre_roll_frames, o.end_silence_frames, o.min_speech_frames) == (160, 15, 31, 13)
     assert o.max_segment_samples == 35 * 8000
+
+
+def test_speech_spans_of_a_whole_recording() -> None:
+    """`transcribe --vad`: one span per utterance, each holding all of its speech, none in the silences."""
+    a, b = espeak("turn on the kitchen lights"), espeak("set a timer for ten minutes")
+    gap = np.zeros(int(1.5 * SR), np.float32)
+    audio = np.concatenate([gap, a, gap, b, np.zeros(100, np.float32)])  # ends inside a frame
+    voiced = [np.nonzero(np.abs(x) > 0.01)[0][[0, -1]] for x in (a, b)]
+    speech = [(len(gap) + voiced[0][0], len(gap) + voiced[0][1]),
+              (2 * len(gap) + len(a) + voiced[1][0], 2 * len(gap) + len(a) + voiced[1][1])]
+    spans = speech_spans(audio, OPTS)
+    assert len(spans) == 2, spans
+    for (s, e), (v0, v1) in zip(spans, speech, strict=True):
+        assert s <= v0 and e >= v1, ((s, e), (v0, v1))  # the whole utterance is inside its span
+        assert v0 - s <= OPTS.pre_roll_frames * FRAME + FRAME  # and the span starts at most a pre-roll early
+    assert spans[0][1] < speech[1][0] and spans[1][1] <= len(audio)
+    assert speech_spans(np.zeros(5 * SR, np.float32), OPTS) == []
+    assert speech_spans(np.random.default_rng(0).normal(0, 10 ** (-50 / 20), 5 * SR).astype(np.float32), OPTS) == []
