@@ -64,13 +64,19 @@ def export_bundle(ckpt: Checkpoint, out: Path, opts: ExportOptions) -> Path:
     np.save(out / "window.npy", torch.hann_window(ckpt.feature_extractor.win_length, periodic=False).numpy())
 
     backends: dict[str, Any] = {}
+    staging = out / "onnx" / ".staging"  # one folder per ONNX graph (see onnx_weights), removed at the end
+    staged: dict[str, Path] = {}
+    shutil.rmtree(staging, ignore_errors=True)  # what a failed export left
     steps = [(b, f) for b in opts.backends for f in (*sorted(opts.buckets), "decoder")]
     for backend, what in tqdm(steps, desc="export", unit="graph", disable=len(steps) < 3):
         entry = backends.setdefault(backend, {"precision": "fp32" if backend == "onnx" else opts.precision,
                                               "encoders": {}})
         rel = _graph_file(backend, what)
         t0 = _step(f"{backend}: {'tracing and converting' if backend == 'coreml' else 'exporting'} {rel}")
-        ins, outs = _export_graph(backend, what, model, dims, opts.precision, out / rel)
+        dest = out / rel
+        if backend == "onnx":
+            dest = staged[rel] = staging / Path(rel).stem / Path(rel).name
+        ins, outs = _export_graph(backend, what, model, dims, opts.precision, dest)
         _done(t0)
         graph = {"file": rel, "inputs": as_manifest(ins), "outputs": as_manifest(outs)}
         if what == "decoder":
@@ -83,12 +89,12 @@ def export_bundle(ckpt: Checkpoint, out: Path, opts: ExportOptions) -> Path:
 
             entry["minimum_deployment_target"] = TARGET
 
-    graphs = [out / f for f in files if f.endswith(".onnx")]
-    if len(graphs) > 1:
+    if staged:
         from .onnx_weights import share_weights
 
         t0 = _step("onnx: storing the weights of all graphs once, in onnx/weights.bin")
-        size = share_weights(graphs, out / "onnx" / "weights.bin")
+        size = share_weights([out / f for f in staged], out / "onnx" / "weights.bin", sources=list(staged.values()))
+        shutil.rmtree(staging)
         files.append("onnx/weights.bin")
         tqdm.write(f"[export]   {size / 1e6:.1f} MB of weights")
         _done(t0)

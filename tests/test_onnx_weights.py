@@ -58,3 +58,32 @@ def test_weights_file_must_sit_next_to_the_graphs(tmp_path):
            np.zeros((2, 64), np.float32))
     with pytest.raises(ValueError, match="next to the graphs"):
         share_weights([tmp_path / "a" / "g.onnx"], tmp_path / "weights.bin")
+
+
+def test_graphs_staged_apart_keep_their_own_same_named_tensors(tmp_path):
+    """torch's exporter writes a > 2 GB graph's tensors as files named after them, next to the graph; two buckets
+    hold a same-named constant of different values. Staged in folders of their own, each keeps its own."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    b = np.zeros(64, np.float32)
+    extras = [np.full((2, 64), 1.0 + i, np.float32) for i in range(2)]
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    sources, before = [], []
+    for i, e in enumerate(extras):
+        stage = tmp_path / "staging" / f"g{i}"
+        stage.mkdir(parents=True)
+        _graph(stage / f"g{i}.onnx", w, b, e)
+        model = onnx.load(str(stage / f"g{i}.onnx"))
+        onnx.save_model(model, str(stage / f"g{i}.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
+                        size_threshold=0)  # one file per tensor, named after it: "w", "b", "extra" in each stage
+        assert (stage / "extra").is_file()
+        sources.append(stage / f"g{i}.onnx")
+        before.append(_run(stage / f"g{i}.onnx", x))
+    assert not np.array_equal(before[0], before[1])
+    out = tmp_path / "bundle"
+    out.mkdir()
+    graphs = [out / f"g{i}.onnx" for i in range(2)]
+    share_weights(graphs, out / "weights.bin", min_bytes=512, sources=sources)
+    for g, ref in zip(graphs, before, strict=True):
+        np.testing.assert_array_equal(_run(g, x), ref)
+    assert sorted(p.name for p in out.iterdir()) == ["g0.onnx", "g1.onnx", "weights.bin"]
