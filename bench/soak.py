@@ -64,6 +64,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5), counted from `state`
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """utime + stime per thread of the process, keyed "main" (the event loop) or "COMM/TID" (Python does not
+    name its threads for the OS, so the TID tells them apart)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = "main" if task.name == str(pid) else f"{(task / 'comm').read_text().strip()}/{task.name}"
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def status_kb(pid: int, key: str) -> int:
     """A `kB` field of /proc/PID/status (VmRSS, VmHWM) or a count (Threads)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -160,9 +174,10 @@ def measure_idle(model: str, seconds: float) -> dict[str, Any]:
         wait_loaded(d)
         time.sleep(SETTLE_S)
         pid = d.proc.pid
-        c0, t0 = cpu_seconds(pid), time.monotonic()
+        c0, th0, t0 = cpu_seconds(pid), thread_cpu_seconds(pid), time.monotonic()
         time.sleep(seconds)
-        c1, t1 = cpu_seconds(pid), time.monotonic()
+        c1, th1, t1 = cpu_seconds(pid), thread_cpu_seconds(pid), time.monotonic()
+        per_thread = {n: round(100 * (v - th0.get(n, 0.0)) / (t1 - t0), 3) for n, v in th1.items()}
         doc, _ = health(d.port, 5)
         info = {"rss_mb": round(status_kb(pid, "VmRSS") * KB_TO_MB, 1), "threads": status_kb(pid, "Threads"),
                 "child_processes": len(children(pid))}
@@ -173,6 +188,7 @@ def measure_idle(model: str, seconds: float) -> dict[str, Any]:
             "wall_seconds": round(t1 - t0, 3), "cpu_seconds": round(c1 - c0, 3),
             "cpu_percent_of_core": round(share, 3), "goal_percent": IDLE_GOAL_PERCENT,
             "meets_goal": share <= IDLE_GOAL_PERCENT, **info,
+            "cpu_percent_by_thread": dict(sorted(per_thread.items(), key=lambda kv: -kv[1])),
             "clients": doc["clients"] if doc else None, "audio_lag_s": doc["audio_lag_s"] if doc else None,
             "client": client.summary()}
 
