@@ -259,6 +259,8 @@ def idle_table(doc: Doc) -> Lines:
         ["CPU seconds (utime + stime, all threads)", idle.get("cpu_seconds"), ""],
         ["RSS (MB)", idle.get("rss_mb"), ""],
         ["threads", idle.get("threads"), ""],
+        *[[f"CPU share (%) of thread {name}", share, ""]
+          for name, share in idle.get("cpu_percent_by_thread", {}).items() if share > 0],
     ])
     return out + [provenance(doc), ""]
 
