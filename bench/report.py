@@ -46,6 +46,12 @@ HEADER = [
 
 
 # ---------------------------------------------------------------- formatting
+def repo_path(path: Any) -> str:
+    """A path inside this checkout as the repository-relative path a reader can use; others unchanged."""
+    text = str(path)
+    return text[len(str(ROOT)) + 1:] if text.startswith(str(ROOT) + "/") else text
+
+
 def num(x: Any) -> str:
     """A number as text: ints as they are, floats with at most two decimals; None as a dash."""
     if x is None:
@@ -100,7 +106,7 @@ def save(fig: Any, path: Path) -> None:
 def accuracy_section(name: str, doc: Doc) -> Lines:
     backend, model = doc.get("backend", {}), doc.get("model", {})
     out = [f"### {name}", "",
-           f"Model `{model.get('bundle', '?')}`, backend {backend.get('name', '?')} "
+           f"Model `{repo_path(model.get('bundle', '?'))}`, backend {backend.get('name', '?')} "
            f"({backend.get('precision', '?')}, {backend.get('runtime', '?')}); "
            f"manifest `{doc.get('manifest', {}).get('path', '?')}`. "
            "RTFx = audio seconds ÷ compute seconds (transcription only, model loaded and warmed up).", ""]
@@ -211,7 +217,7 @@ def live_latency_part(doc: Doc, img: Path, rel: str) -> Lines:
     out = ["## Live caption latency", "",
            f"A websocket client beside `python -m daemon serve` on a real-time file source: {doc.get('sentences')} "
            f"held-out sentences, {doc.get('finals')} finals, WER {pct(doc.get('wer'))} %, model "
-           f"`{doc.get('model', '?')}`. Times are arrivals at the client, except the row measured inside the "
+           f"`{repo_path(doc.get('model', '?'))}`. Times are arrivals at the client, except the row measured inside the "
            "daemon (from `GET /health`).", ""]
     out += table(["measure", "median ms", "p95 ms", "n", "goal ms", "meets goal"], [
         row("VAD close → final (client)", vad, True),
@@ -297,7 +303,7 @@ def soak_table(doc: Doc) -> Lines:
 
 def soak_part(doc: Doc, img: Path, rel: str) -> Lines:
     out = ["## Daemon soak: idle CPU and memory", "",
-           f"`python -m daemon serve` in a subprocess, model `{doc.get('model', '?')}`; its CPU time and RSS are read "
+           f"`python -m daemon serve` in a subprocess, model `{repo_path(doc.get('model', '?'))}`; its CPU time and RSS are read "
            "from /proc.", ""]
     if "idle" in doc:
         out += idle_table(doc)
