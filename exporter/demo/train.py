@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m exporter.demo.train", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="run folder (cache/, checkpoint/)")
     ap.add_argument("--seed", type=int, default=grammar.DEMO_SEED)
-    ap.add_argument("--steps", type=int, default=10000)
+    ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--threads", type=int, default=2, help="torch threads and espeak-ng workers")
     ap.add_argument("--n-train", type=int, default=grammar.DEMO_TRAIN_SENTENCES,
                     help="training sentences drawn per language (duplicates allowed)")
