@@ -65,7 +65,7 @@ def render(training: dict, evaluation: dict, config: dict, bundle: Path, params:
     enc, dec = config["encoder_config"], config
     size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file() and p.name != "MODEL_CARD.md")
     data = training["data"]
-    rows = "\n".join(f"| {r['lang']} | {r['voice']} | {r['n']} | {100 * r['wer']:.1f} % |"
+    rows = "\n".join(f"| {r['lang']} | {r['voice']} | {r['n']} | {100 * r['wer']:.2f} % |"
                      for r in evaluation["results"])
     pm = evaluation["prompt_matters"]
     examples = "\n".join(f"- {lang}: " + "; ".join(f"“{s}”" for s in _examples(lang)) for lang in grammar.LANGUAGES)
