@@ -351,12 +351,20 @@ def split(lang: str, n_train: int, n_test: int, seed: int) -> tuple[list[str], l
 # held-out sentences from here so that they never overlap the demo model's training sentences.
 DEMO_TRAIN_SENTENCES = 8000
 DEMO_HELDOUT_SENTENCES = 60
+DEMO_VALIDATION_SENTENCES = 140
 DEMO_SEED = 0
 
 
 def demo_heldout(lang: str) -> list[str]:
     """The demo model's held-out sentences for ``lang`` (never in its training set)."""
     return split(lang, DEMO_TRAIN_SENTENCES, DEMO_HELDOUT_SENTENCES, DEMO_SEED)[1]
+
+
+def demo_validation(lang: str) -> list[str]:
+    """Further unseen sentences for choosing among training runs, so the held-out test set is never used to
+    choose: neither in training nor in ``demo_heldout(lang)``."""
+    n = DEMO_HELDOUT_SENTENCES + DEMO_VALIDATION_SENTENCES
+    return split(lang, DEMO_TRAIN_SENTENCES, n, DEMO_SEED)[1][DEMO_HELDOUT_SENTENCES:]
 
 
 @functools.cache

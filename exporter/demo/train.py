@@ -51,7 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--multi-share", type=float, default=0.1,
                     help="share of training clips that join 2-3 sentences with pauses (windows hold several)")
     ap.add_argument("--no-perturb", action="store_true", help="train without speed perturbation")
-    ap.add_argument("--n-test", type=int, default=grammar.DEMO_HELDOUT_SENTENCES, help="held-out sentences per language")
+    ap.add_argument("--n-test", type=int, default=grammar.DEMO_HELDOUT_SENTENCES,
+                    help="held-out test sentences per language (kept out of training and of validation)")
+    ap.add_argument("--n-valid", type=int, default=grammar.DEMO_VALIDATION_SENTENCES,
+                    help="validation sentences per language (unseen, after the test sentences), evaluated during training")
+    ap.add_argument("--audio-seed", type=int,
+                    help="render the training clips with this seed instead of --seed (same sentences, other voices, "
+                         "speeds, pitches and noises: a continued run hears fresh audio)")
+    ap.add_argument("--average", type=int, default=1,
+                    help="save the mean of the weights at the last N evaluations (every --eval-every steps)")
     ap.add_argument("--vocab", type=int, default=512, help="SentencePiece pieces (275 are controls + bytes)")
     ap.add_argument("--batch", type=int, default=24)
     ap.add_argument("--lr", type=float, default=4e-4)
@@ -80,25 +88,28 @@ def unpack(audio: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
 
 
 def build_texts(args: argparse.Namespace) -> dict[str, list[tuple[str, str]]]:
-    """(text, lang) items for training clips, held-out sentences and the training sentences themselves."""
-    train, test, sents = [], [], []
+    """(text, lang) items for training clips, validation sentences and the training sentences themselves.
+    The first --n-test unseen sentences are the test set (exporter.demo.evaluate); validation comes after them."""
+    train, valid, sents = [], [], []
     rng = random.Random(args.seed + 3)
     for lang in LANGS:
-        tr, te = grammar.split(lang, args.n_train, args.n_test, args.seed)
+        tr, unseen = grammar.split(lang, args.n_train, args.n_test + args.n_valid, args.seed)
         for i in range(args.clips):
             extra = rng.choice((1, 1, 2)) if rng.random() < args.multi_share else 0
             train.append((synth.SENTENCE_BREAK.join([tr[i % len(tr)], *rng.sample(tr, extra)]), lang))
-        test += [(t, lang) for t in te]
+        valid += [(t, lang) for t in unseen[args.n_test:]]
         sents += [(t, lang) for t in tr]
-    return {"train": train, "test": test, "voice": test, "sentences": sents}
+    return {"train": train, "valid": valid, "valid_voice": valid, "sentences": sents}
 
 
 def synthesize_sets(args: argparse.Namespace, items: dict[str, list[tuple[str, str]]]) -> dict[str, ClipSet]:
-    """Synthesize train / held-out (training voices) / held-out (unseen voice) clips, cached in DIR/cache."""
+    """Synthesize train / validation (training voices) / validation (unseen voice) clips, cached in DIR/cache."""
     perturb = not args.no_perturb
-    cache = args.out / "cache" / (f"clips-s{args.seed}-n{args.n_train}-c{args.clips}-t{args.n_test}"
-                                  f"-m{args.multi_share}-p{int(perturb)}.npz")
-    plan = {"train": (args.seed, False), "test": (args.seed + 1000, False), "voice": (args.seed + 2000, True)}
+    audio_seed = args.seed if args.audio_seed is None else args.audio_seed
+    cache = args.out / "cache" / (f"clips-s{args.seed}-a{audio_seed}-n{args.n_train}-c{args.clips}-t{args.n_test}"
+                                  f"-v{args.n_valid}-m{args.multi_share}-p{int(perturb)}.npz")
+    plan = {"train": (audio_seed, False), "valid": (args.seed + 1000, False),
+            "valid_voice": (args.seed + 2000, True)}
     if cache.is_file():
         print(f"[data] using cached audio {cache}", file=sys.stderr)
         z = np.load(cache)
@@ -272,7 +283,7 @@ def train(args: argparse.Namespace) -> None:
     items = build_texts(args)
     sets = synthesize_sets(args, items)
     train_set = sets["train"]
-    evals = {"train": train_set} if args.overfit else {"heldout": sets["test"]}
+    evals = {"train": train_set} if args.overfit else {"valid": sets["valid"]}
     tok_path = spm_train.train_tokenizer(sorted({t for t, _ in items["sentences"]}), args.vocab,
                                          ckpt_dir / "tokenizer.model", languages=LANGS)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(tok_path))
@@ -302,7 +313,7 @@ def train(args: argparse.Namespace) -> None:
     model.train()
     share_rng = random.Random(args.seed + 1)
     mask_gen = torch.Generator().manual_seed(args.seed + 2)
-    ema, history = None, {}
+    ema, history, snapshots = None, {}, []
     bar = tqdm(range(1, args.steps + 1), desc="train", unit="step", mininterval=5)
     for step in bar:
         idx = next(order)
@@ -327,10 +338,22 @@ def train(args: argparse.Namespace) -> None:
         if step % args.eval_every == 0 or step == args.steps:
             history[step] = {k: evaluate(model, fe, sp, v, f"{k} @ {step}") for k, v in evals.items()}
             history[step]["loss"] = round(ema, 4)
+            snapshots = (snapshots + [{k: v.detach().clone() for k, v in model.state_dict().items()}])[-args.average:]
     final = history[args.steps]
+    if len(snapshots) > 1:
+        average_into(model, snapshots)
+        final = {k: evaluate(model, fe, sp, v, f"{k} @ mean of last {len(snapshots)}") for k, v in evals.items()}
+        final["averaged_steps"] = sorted(history)[-len(snapshots):]
     if not args.overfit:
-        final["unseen_voice"] = evaluate(model, fe, sp, sets["voice"], f"unseen voice @ {args.steps}")
+        final["valid_unseen_voice"] = evaluate(model, fe, sp, sets["valid_voice"], f"unseen voice @ {args.steps}")
     save(args, model, fe, ckpt_dir, ema, final, history, sets, time.time() - t0)
+
+
+def average_into(model: nn.Module, snapshots: list[dict[str, torch.Tensor]]) -> None:
+    """Load the element-wise mean of weight snapshots (checkpoint averaging; integer buffers from the last)."""
+    mean = {k: torch.stack([s[k] for s in snapshots]).mean(0) if v.is_floating_point() else v
+            for k, v in snapshots[-1].items()}
+    model.load_state_dict(mean)
 
 
 def save(args: argparse.Namespace, model, fe, ckpt_dir: Path, loss: float, final: dict, history: dict,
@@ -345,11 +368,12 @@ def save(args: argparse.Namespace, model, fe, ckpt_dir: Path, loss: float, final
         "warmup": args.warmup, "vocab": args.vocab, "ctc_weight": CTC_WEIGHT,
         "specaugment": not args.no_specaugment, "speed_perturbation": None if args.no_perturb else synth.PERTURB_RANGE,
         "multi_sentence_share": args.multi_share, "final_loss": round(loss, 4),
+        "audio_seed": args.seed if args.audio_seed is None else args.audio_seed, "averaged": args.average,
         "wer": final, "history": history,
         "data": {k: {"clips": len(v.audio), "hours": round(v.hours(), 3),
                      "sentences": len(set(v.texts))} for k, v in sets.items()},
         "voices": {"base": synth.BASE_VOICES, "train_variants": list(synth.TRAIN_VARIANTS),
-                   "unseen_variant": synth.HELDOUT_VARIANT, "heldout_set": "training voices, unseen sentences"},
+                   "unseen_variant": synth.HELDOUT_VARIANT, "validation_set": "unseen sentences after the test set, training voices and the unseen variant"},
         "elapsed_s": round(elapsed, 1),
     }
     if args.init:  # keep the provenance chain: the run this one continued
