@@ -29,8 +29,8 @@ def validation_sets(seed: int, threads: int) -> dict[str, ClipSet]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers import CohereAsrFeatureExtractor, CohereAsrForConditionalGeneration
     import sentencepiece
+    from transformers import CohereAsrFeatureExtractor, CohereAsrForConditionalGeneration
 
     ap = argparse.ArgumentParser(prog="python -m exporter.demo.validate", description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+", type=Path)
