@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="render the training clips with this seed instead of --seed (same sentences, other voices, "
                          "speeds, pitches and noises: a continued run hears fresh audio)")
     ap.add_argument("--average", type=int, default=1,
-                    help="save the mean of the weights at the last N evaluations (every --eval-every steps)")
+                    help="save the mean of the weights at the last N evaluations (every --eval-every steps) "
+                         "when it does better on the validation clips than the last weights")
     ap.add_argument("--vocab", type=int, default=512, help="SentencePiece pieces (275 are controls + bytes)")
     ap.add_argument("--batch", type=int, default=24)
     ap.add_argument("--lr", type=float, default=4e-4)
@@ -340,13 +341,24 @@ def train(args: argparse.Namespace) -> None:
             history[step]["loss"] = round(ema, 4)
             snapshots = (snapshots + [{k: v.detach().clone() for k, v in model.state_dict().items()}])[-args.average:]
     final = history[args.steps]
-    if len(snapshots) > 1:
+    if len(snapshots) > 1:  # keep the mean of the snapshots only if it does better on validation
         average_into(model, snapshots)
-        final = {k: evaluate(model, fe, sp, v, f"{k} @ mean of last {len(snapshots)}") for k, v in evals.items()}
-        final["averaged_steps"] = sorted(history)[-len(snapshots):]
+        mean = {k: evaluate(model, fe, sp, v, f"{k} @ mean of last {len(snapshots)}") for k, v in evals.items()}
+        mean["averaged_steps"] = sorted(history)[-len(snapshots):]
+        if mean_wer(mean) <= mean_wer(final):
+            final = mean
+        else:
+            model.load_state_dict(snapshots[-1])
+            final = {**final, "average_rejected": mean}
     if not args.overfit:
         final["valid_unseen_voice"] = evaluate(model, fe, sp, sets["valid_voice"], f"unseen voice @ {args.steps}")
     save(args, model, fe, ckpt_dir, ema, final, history, sets, time.time() - t0)
+
+
+def mean_wer(result: dict) -> float:
+    """Mean over the evaluation sets and languages of one `history` entry."""
+    wers = [w for v in result.values() if isinstance(v, dict) for w in v.values()]
+    return sum(wers) / len(wers)
 
 
 def average_into(model: nn.Module, snapshots: list[dict[str, torch.Tensor]]) -> None:
