@@ -48,6 +48,10 @@ def _phase(t: dict) -> str:
     perturb = t.get("speed_perturbation")
     data = (f"speed perturbation ×{perturb[0]}–{perturb[1]}" if perturb else "no speed perturbation") + \
         f", {100 * t.get('multi_sentence_share', 0):.0f} % multi-sentence clips"
+    if t.get("audio_seed", t["seed"]) != t["seed"]:
+        data += f", fresh renderings of the training sentences (audio seed {t['audio_seed']})"
+    if t["wer"].get("averaged_steps"):
+        data += f", weights averaged over steps {'/'.join(map(str, t['wer']['averaged_steps']))}"
     return (f"{t['steps']} steps of AdamW (batch {t['batch']}, peak LR {t['lr']}, cosine), {data}, "
             f"SpecAugment: {t['specaugment']}; {t['elapsed_s'] / 60:.0f} min on {t['threads']} CPU threads: "
             f"`{t.get('command_today', t['command'])}`")
@@ -95,7 +99,8 @@ nearest sentence it knows. Use the real model for real speech (docs/macos.md, RE
 - Data: {data['train']['clips']} training clips ({data['train']['hours']:.1f} h, {data['train']['sentences']} distinct
   transcripts) spoken by espeak-ng voices {', '.join(f'{k}: ' + '/'.join(v) for k, v in voices['base'].items())} with
   {len(voices['train_variants'])} voice variants, random speed, pitch, level, leading/trailing silence and noise;
-  16 kHz. Held-out sentences never occur in training.
+  16 kHz. Held-out sentences never occur in training; runs were compared on further unseen validation sentences
+  (`python -m exporter.demo.validate`), never on the test sentences measured below.
 {_training_lines(training)}
 - Export: `python -m exporter --checkpoint models/demo-checkpoint --out models/demo --buckets {','.join(map(str, json.loads((bundle / 'manifest.json').read_text())['encoder']['buckets']))}`.
 - Bundle: ONNX (fp32, weights shared by all graphs) and Core ML (INT8 encoder, FP16 decoder), {size / 1e6:.1f} MB.

@@ -243,7 +243,7 @@ def transcribe(model, fe, sp, clips: list[np.ndarray], lang: str, batch: int = 3
         feats, mask = features(fe, clips[i:i + batch])
         dec = torch.tensor([prompt] * feats.shape[0])
         out = model.generate(input_features=feats, attention_mask=mask, decoder_input_ids=dec,
-                             max_new_tokens=64, do_sample=False, num_beams=1)
+                             max_new_tokens=128, do_sample=False, num_beams=1)
         for row in out[:, len(prompt):].tolist():
             row = row[:row.index(eos)] if eos in row else row
             hyps.append(sp.decode([t for t in row if t >= FIRST_TEXT_ID]))

@@ -3,7 +3,8 @@
 Choosing between training runs on the held-out test set (exporter.demo.evaluate) would make its figures
 optimistic, so runs are compared here instead: the validation sentences (grammar.demo_validation, unseen in
 training and not in the test set) rendered exactly as `exporter.demo.train` renders its validation clips, by
-training voices and by the unseen variant, decoded greedily with transformers generate() on each checkpoint.
+training voices and by the unseen variant, and as clips of three sentences with pauses, decoded greedily with
+transformers generate() on each checkpoint.
 """
 
 from __future__ import annotations
@@ -18,14 +19,22 @@ import torch
 from . import grammar, synth
 from .train import LANGS, ClipSet, evaluate
 
+MULTI = 3  # sentences per clip in the multi-sentence set
+
 
 def validation_sets(seed: int, threads: int) -> dict[str, ClipSet]:
-    """The validation clips of a training run with --seed `seed` (same voices, seeds and order)."""
+    """The validation clips of a training run with --seed `seed` (same voices, seeds and order), plus clips of
+    three validation sentences with pauses between them (one daemon window often holds several sentences)."""
     items = [(t, lang) for lang in LANGS for t in grammar.demo_validation(lang)]
-    texts, langs = [t for t, _ in items], [lang for _, lang in items]
-    return {name: ClipSet(synth.synthesize_many(items, seed=seed + offset, heldout=heldout, workers=threads),
-                          texts, langs)
+    sets = {name: ClipSet(synth.synthesize_many(items, seed=seed + offset, heldout=heldout, workers=threads),
+                          [t for t, _ in items], [lang for _, lang in items])
             for name, offset, heldout in (("valid", 1000, False), ("valid_unseen_voice", 2000, True))}
+    multi = [(synth.SENTENCE_BREAK.join(t for t, _ in items[i:i + MULTI]), items[i][1])
+             for i in range(0, len(items), MULTI) if len({lang for _, lang in items[i:i + MULTI]}) == 1]
+    sets["valid_multi_sentence"] = ClipSet(
+        synth.synthesize_many(multi, seed=seed + 3000, heldout=False, workers=threads),
+        [t.replace(synth.SENTENCE_BREAK, " ") for t, _ in multi], [lang for _, lang in multi])
+    return sets
 
 
 def main(argv: list[str] | None = None) -> int:
