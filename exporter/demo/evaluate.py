@@ -3,8 +3,9 @@
     python -m exporter.demo.evaluate [--model models/demo] [--n 60] [--seed 7] [--out FILE.json]
 
 Per language (en, es): WER on sentences never seen in training spoken by training voices, and by a voice
-variant never used in training; plus a check that the language prompt matters (English audio decoded with
-the Spanish prompt gives other tokens). It runs the daemon's own command line on the ONNX bundle, not torch.
+variant never used in training; the same sentences three to a clip with pauses between them (one window of
+several sentences, as `transcribe` without --vad and long utterances give); plus a check that the language
+prompt matters (English audio decoded with the Spanish prompt gives other tokens). It runs the daemon's own command line on the ONNX bundle, not torch.
 """
 
 from __future__ import annotations
@@ -39,17 +40,25 @@ def text_of(doc: dict) -> str:
     return " ".join(s["text"] for s in doc["segments"]).strip()
 
 
-def evaluate(model: str, lang: str, n: int, seed: int, heldout_voice: bool, folder: Path) -> dict:
-    texts = heldout_sentences(lang, n)
-    clips = synth.synthesize_many([(t, lang) for t in texts], seed=seed, heldout=heldout_voice)
+PER_CLIP = 3  # sentences per clip in the multi-sentence set
+
+
+def evaluate(model: str, lang: str, n: int, seed: int, heldout_voice: bool, folder: Path, multi: bool = False) -> dict:
+    sentences = heldout_sentences(lang, n)
+    per_clip = PER_CLIP if multi else 1
+    groups = [sentences[i:i + per_clip] for i in range(0, len(sentences), per_clip)]
+    clips = synth.synthesize_many([(synth.SENTENCE_BREAK.join(g), lang) for g in groups], seed=seed + (100 if multi else 0),
+                                  heldout=heldout_voice)
+    texts = [" ".join(g) for g in groups]
     wavs = []
     for i, x in enumerate(clips):
-        wavs.append(folder / f"{lang}-{'heldout' if heldout_voice else 'train'}-{i:03d}.wav")
+        wavs.append(folder / f"{lang}-{'heldout' if heldout_voice else 'train'}-{per_clip}-{i:03d}.wav")
         sf.write(wavs[-1], x, synth.SAMPLE_RATE)
     docs = transcribe(model, wavs, lang)
     hyps = [text_of(d) for d in docs]
-    return {"lang": lang, "voice": "held-out variant " + synth.HELDOUT_VARIANT[lang] if heldout_voice
-            else "training voices", "n": len(texts), "wer": round(jiwer.wer(texts, hyps), 4),
+    voice = "held-out variant " + synth.HELDOUT_VARIANT[lang] if heldout_voice else "training voices"
+    return {"lang": lang, "voice": voice + (f", {per_clip} sentences per clip" if multi else ""),
+            "n": len(sentences), "wer": round(jiwer.wer(texts, hyps), 4),
             "errors": [(r, h) for r, h in zip(texts, hyps, strict=True) if r != h][:5],
             "seconds": round(sum(len(x) for x in clips) / synth.SAMPLE_RATE, 1), "wavs": wavs, "docs": docs}
 
@@ -71,9 +80,9 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for lang in grammar.LANGUAGES:
-            for heldout in (False, True):
-                r = evaluate(args.model, lang, args.n, args.seed, heldout, Path(tmp))
-                print(f"{lang} {r['voice']:<28} WER {100 * r['wer']:5.1f} %  ({r['n']} sentences, {r['seconds']} s)")
+            for heldout, multi in ((False, False), (True, False), (False, True)):
+                r = evaluate(args.model, lang, args.n, args.seed, heldout, Path(tmp), multi)
+                print(f"{lang} {r['voice']:<46} WER {100 * r['wer']:5.1f} %  ({r['n']} sentences, {r['seconds']} s)")
                 results.append(r)
         pm = prompt_matters(args.model, results[0]["wavs"][:20])
         print(f"English audio, Spanish prompt: {pm['different_tokens']}/{pm['clips']} clips give other tokens")
