@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up, then run the daemon on the bundled demo model (no download):
-#   1. transcribe the bundled samples (English and Spanish) with `python -m daemon transcribe --vad` (one line
-#      per sentence);
+#   1. transcribe the bundled samples (English and Spanish) with `python -m daemon transcribe --vad` (windows cut
+#      at pauses; one line per file);
 #   2. serve the English sample as if it were a microphone (`serve --source FILE`, real time) and show the live
 #      captions with `clients/cli.py --partials --until-source-ends`.
 # For the microphone: `.venv/bin/python -m daemon serve` and, in another terminal, `.venv/bin/python clients/cli.py`.
