@@ -57,6 +57,21 @@ def _phase(t: dict) -> str:
             f"`{t.get('command_today', t['command'])}`")
 
 
+def _selection_line(training: dict) -> str:
+    """How the runs were evaluated while training: runs recorded with a validation set (training.json
+    voices.validation_set) never looked at the test sentences; earlier ones printed WER on them."""
+    chain = phases(training)
+    first = next((i for i, t in enumerate(chain) if "validation_set" in t["voices"]), len(chain))
+    valid = ("further unseen validation sentences (`python -m exporter.demo.validate` compares checkpoints on "
+             "them), not on the test sentences measured below.")
+    if first == 0:
+        return "All runs were evaluated on " + valid
+    if first == len(chain):
+        return "The training runs printed WER on the test sentences measured below."
+    return (f"Runs 1–{first} printed WER on the test sentences measured below while training; from run "
+            f"{first + 1} on, runs were evaluated and compared on " + valid)
+
+
 def _training_lines(training: dict) -> str:
     chain = phases(training)
     head = (f"- Training: transformers' own loss plus a training-only CTC head (weight {training['ctc_weight']}), "
@@ -100,8 +115,7 @@ table below); `transcribe --vad` and the live daemon cut windows at pauses. Use 
 - Data: {data['train']['clips']} training clips ({data['train']['hours']:.1f} h, {data['train']['sentences']} distinct
   transcripts) spoken by espeak-ng voices {', '.join(f'{k}: ' + '/'.join(v) for k, v in voices['base'].items())} with
   {len(voices['train_variants'])} voice variants, random speed, pitch, level, leading/trailing silence and noise;
-  16 kHz. Held-out sentences never occur in training; runs were compared on further unseen validation sentences
-  (`python -m exporter.demo.validate`), never on the test sentences measured below.
+  16 kHz. Held-out sentences never occur in training. {_selection_line(training)}
 {_training_lines(training)}
 - Export: `python -m exporter --checkpoint models/demo-checkpoint --out models/demo --buckets {','.join(map(str, json.loads((bundle / 'manifest.json').read_text())['encoder']['buckets']))}`.
 - Bundle: ONNX (fp32, weights shared by all graphs) and Core ML (INT8 encoder, FP16 decoder), {size / 1e6:.1f} MB.

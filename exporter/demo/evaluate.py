@@ -41,14 +41,15 @@ def text_of(doc: dict) -> str:
 
 
 PER_CLIP = 3  # sentences per clip in the multi-sentence set
+MULTI_SEED_OFFSET = 100  # its voices are drawn apart from the single-sentence clips' (seed --seed + 100)
 
 
 def evaluate(model: str, lang: str, n: int, seed: int, heldout_voice: bool, folder: Path, multi: bool = False) -> dict:
     sentences = heldout_sentences(lang, n)
     per_clip = PER_CLIP if multi else 1
     groups = [sentences[i:i + per_clip] for i in range(0, len(sentences), per_clip)]
-    clips = synth.synthesize_many([(synth.SENTENCE_BREAK.join(g), lang) for g in groups], seed=seed + (100 if multi else 0),
-                                  heldout=heldout_voice)
+    clips = synth.synthesize_many([(synth.SENTENCE_BREAK.join(g), lang) for g in groups],
+                                  seed=seed + (MULTI_SEED_OFFSET if multi else 0), heldout=heldout_voice)
     texts = [" ".join(g) for g in groups]
     wavs = []
     for i, x in enumerate(clips):
@@ -84,7 +85,8 @@ def main() -> None:
                 r = evaluate(args.model, lang, args.n, args.seed, heldout, Path(tmp), multi)
                 print(f"{lang} {r['voice']:<46} WER {100 * r['wer']:5.1f} %  ({r['n']} sentences, {r['seconds']} s)")
                 results.append(r)
-        pm = prompt_matters(args.model, results[0]["wavs"][:20])
+        first = next(r for r in results if r["lang"] == "en" and r["voice"] == "training voices")
+        pm = prompt_matters(args.model, first["wavs"][:20])
         print(f"English audio, Spanish prompt: {pm['different_tokens']}/{pm['clips']} clips give other tokens")
     summary = {"command": " ".join(["python -m exporter.demo.evaluate", *sys.argv[1:]]),
                "results": [{k: v for k, v in r.items() if k not in ("wavs", "docs")} for r in results],

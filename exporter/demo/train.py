@@ -59,8 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="render the training clips with this seed instead of --seed (same sentences, other voices, "
                          "speeds, pitches and noises: a continued run hears fresh audio)")
     ap.add_argument("--average", type=int, default=1,
-                    help="save the mean of the weights at the last N evaluations (every --eval-every steps) "
-                         "when it does better on the validation clips than the last weights")
+                    help="save the mean of the weights at the last N evaluations (every --eval-every steps)")
+    ap.add_argument("--keep-better", action="store_true",
+                    help="with --average: keep the mean only when its validation WER (mean over languages) is not "
+                         "worse than the last weights', else save the last weights")
     ap.add_argument("--vocab", type=int, default=512, help="SentencePiece pieces (275 are controls + bytes)")
     ap.add_argument("--batch", type=int, default=24)
     ap.add_argument("--lr", type=float, default=4e-4)
@@ -73,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--overfit", type=int, default=0,
                     help="sanity check: train on this many clips (half per language) and evaluate on them")
     args = ap.parse_args(argv)
+    if args.average < 1:
+        ap.error("--average must be at least 1")
     if args.overfit:
         args.n_train = args.clips = max(1, args.overfit // 2)
     return args
@@ -100,7 +104,7 @@ def build_texts(args: argparse.Namespace) -> dict[str, list[tuple[str, str]]]:
             train.append((synth.SENTENCE_BREAK.join([tr[i % len(tr)], *rng.sample(tr, extra)]), lang))
         valid += [(t, lang) for t in unseen[args.n_test:]]
         sents += [(t, lang) for t in tr]
-    return {"train": train, "valid": valid, "valid_voice": valid, "sentences": sents}
+    return {"train": train, "valid": valid, "valid_unseen_voice": valid, "sentences": sents}
 
 
 def synthesize_sets(args: argparse.Namespace, items: dict[str, list[tuple[str, str]]]) -> dict[str, ClipSet]:
@@ -110,10 +114,10 @@ def synthesize_sets(args: argparse.Namespace, items: dict[str, list[tuple[str, s
     cache = args.out / "cache" / (f"clips-s{args.seed}-a{audio_seed}-n{args.n_train}-c{args.clips}-t{args.n_test}"
                                   f"-v{args.n_valid}-m{args.multi_share}-p{int(perturb)}.npz")
     plan = {"train": (audio_seed, False), "valid": (args.seed + 1000, False),
-            "valid_voice": (args.seed + 2000, True)}
-    if cache.is_file():
+            "valid_unseen_voice": (args.seed + 2000, True)}
+    z = np.load(cache) if cache.is_file() else {}
+    if all(f"{k}_audio" in z for k in plan):  # a cache written by another version may lack a set
         print(f"[data] using cached audio {cache}", file=sys.stderr)
-        z = np.load(cache)
         audio = {k: unpack(z[f"{k}_audio"], z[f"{k}_offsets"]) for k in plan}
     else:
         synth.check_voices()
@@ -340,18 +344,18 @@ def train(args: argparse.Namespace) -> None:
             history[step] = {k: evaluate(model, fe, sp, v, f"{k} @ {step}") for k, v in evals.items()}
             history[step]["loss"] = round(ema, 4)
             snapshots = (snapshots + [{k: v.detach().clone() for k, v in model.state_dict().items()}])[-args.average:]
-    final = history[args.steps]
-    if len(snapshots) > 1:  # keep the mean of the snapshots only if it does better on validation
+    final, tag = history[args.steps], f"step {args.steps}"
+    if len(snapshots) > 1:
         average_into(model, snapshots)
         mean = {k: evaluate(model, fe, sp, v, f"{k} @ mean of last {len(snapshots)}") for k, v in evals.items()}
         mean["averaged_steps"] = sorted(history)[-len(snapshots):]
-        if mean_wer(mean) <= mean_wer(final):
-            final = mean
-        else:
+        if args.keep_better and mean_wer(mean) > mean_wer(final):
             model.load_state_dict(snapshots[-1])
             final = {**final, "average_rejected": mean}
+        else:
+            final, tag = {**mean, "last_weights": final}, f"mean of last {len(snapshots)}"
     if not args.overfit:
-        final["valid_unseen_voice"] = evaluate(model, fe, sp, sets["valid_voice"], f"unseen voice @ {args.steps}")
+        final["valid_unseen_voice"] = evaluate(model, fe, sp, sets["valid_unseen_voice"], f"unseen voice @ {tag}")
     save(args, model, fe, ckpt_dir, ema, final, history, sets, time.time() - t0)
 
 
@@ -381,6 +385,7 @@ def save(args: argparse.Namespace, model, fe, ckpt_dir: Path, loss: float, final
         "specaugment": not args.no_specaugment, "speed_perturbation": None if args.no_perturb else synth.PERTURB_RANGE,
         "multi_sentence_share": args.multi_share, "final_loss": round(loss, 4),
         "audio_seed": args.seed if args.audio_seed is None else args.audio_seed, "averaged": args.average,
+        "keep_better": args.keep_better,
         "wer": final, "history": history,
         "data": {k: {"clips": len(v.audio), "hours": round(v.hours(), 3),
                      "sentences": len(set(v.texts))} for k, v in sets.items()},
