@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import random
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -372,6 +373,18 @@ def average_into(model: nn.Module, snapshots: list[dict[str, torch.Tensor]]) -> 
     model.load_state_dict(mean)
 
 
+def code_revision() -> str | None:
+    """The git commit the recipe ran from ("+dirty" with uncommitted changes), so a checkpoint names its code."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "exporter"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def save(args: argparse.Namespace, model, fe, ckpt_dir: Path, loss: float, final: dict, history: dict,
          sets: dict[str, ClipSet], elapsed: float) -> None:
     """save_pretrained + preprocessor config + training.json next to the tokenizer."""
@@ -392,6 +405,7 @@ def save(args: argparse.Namespace, model, fe, ckpt_dir: Path, loss: float, final
         "voices": {"base": synth.BASE_VOICES, "train_variants": list(synth.TRAIN_VARIANTS),
                    "unseen_variant": synth.HELDOUT_VARIANT, "validation_set": "unseen sentences after the test set, training voices and the unseen variant"},
         "elapsed_s": round(elapsed, 1),
+        "code": code_revision(),
     }
     if args.init:  # keep the provenance chain: the run this one continued
         report["init"] = {"path": str(args.init), "training": json.loads((args.init / "training.json").read_text())}
