@@ -19,7 +19,8 @@ def test_validation_sentences_are_unseen_and_apart_from_the_test_set(lang) -> No
     assert not set(valid) & train
     assert not set(valid) & set(test)
     # the test set is the same whether or not validation sentences are drawn after it
-    assert grammar.split(lang, grammar.DEMO_TRAIN_SENTENCES, len(test) + len(valid), grammar.DEMO_SEED)[1][:len(test)] == test
+    unseen = grammar.split(lang, grammar.DEMO_TRAIN_SENTENCES, len(test) + len(valid), grammar.DEMO_SEED)[1]
+    assert unseen[:len(test)] == test
 
 
 def test_average_into_loads_the_mean_of_float_weights() -> None:

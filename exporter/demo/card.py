@@ -105,7 +105,8 @@ vocabulary: {words} words): numbers, times, dates, colours, rooms, devices, remi
 
 Anything outside that grammar (other words, other languages, real human voices, noisy rooms) comes out as the
 nearest sentence it knows. A window holding several sentences is harder for it than one sentence (see the
-table below); `transcribe --vad` and the live daemon cut windows at pauses. Use the real model for real speech (docs/macos.md, README “Export the real model”).
+table below); `transcribe --vad` and the live daemon cut windows at pauses. Use the real model for real speech
+(docs/macos.md, README “Export the real model”).
 
 ## How it was made
 - Architecture: encoder {enc['num_hidden_layers']} Conformer layers × {enc['hidden_size']} (heads

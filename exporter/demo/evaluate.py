@@ -5,7 +5,8 @@
 Per language (en, es): WER on sentences never seen in training spoken by training voices, and by a voice
 variant never used in training; the same sentences three to a clip with pauses between them (one window of
 several sentences, as `transcribe` without --vad and long utterances give); plus a check that the language
-prompt matters (English audio decoded with the Spanish prompt gives other tokens). It runs the daemon's own command line on the ONNX bundle, not torch.
+prompt matters (English audio decoded with the Spanish prompt gives other tokens). It runs the daemon's own
+command line on the ONNX bundle, not torch.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ LANGS = ("en", "es")
 PROMPT = ("\u2581", "<|startofcontext|>", "<|startoftranscript|>", "<|emo:undefined|>", "<|{lang}|>", "<|{lang}|>",
           "<|nopnc|>", "<|noitn|>", "<|notimestamp|>", "<|nodiarize|>")
 CTC_WEIGHT = 0.5
+# Validation clip sets: (name, seed offset from --seed, spoken by the unseen voice variant); validate.py renders
+# the same clips.
+VALIDATION_SETS = (("valid", 1000, False), ("valid_unseen_voice", 2000, True))
 FIRST_TEXT_ID = 1 + len(spm_train.CONTROL_PIECES) + len(LANGS)  # after <unk>, controls, languages
 
 
@@ -115,8 +118,7 @@ def synthesize_sets(args: argparse.Namespace, items: dict[str, list[tuple[str, s
     audio_seed = args.seed if args.audio_seed is None else args.audio_seed
     cache = args.out / "cache" / (f"clips-s{args.seed}-a{audio_seed}-n{args.n_train}-c{args.clips}-t{args.n_test}"
                                   f"-v{args.n_valid}-m{args.multi_share}-p{int(perturb)}.npz")
-    plan = {"train": (audio_seed, False), "valid": (args.seed + 1000, False),
-            "valid_unseen_voice": (args.seed + 2000, True)}
+    plan = {"train": (audio_seed, False), **{k: (args.seed + off, h) for k, off, h in VALIDATION_SETS}}
     z = np.load(cache) if cache.is_file() else {}
     if all(f"{k}_audio" in z for k in plan):  # a cache written by another version may lack a set
         print(f"[data] using cached audio {cache}", file=sys.stderr)
@@ -345,7 +347,8 @@ def train(args: argparse.Namespace) -> None:
         if step % args.eval_every == 0 or step == args.steps:
             history[step] = {k: evaluate(model, fe, sp, v, f"{k} @ {step}") for k, v in evals.items()}
             history[step]["loss"] = round(ema, 4)
-            snapshots = (snapshots + [{k: v.detach().clone() for k, v in model.state_dict().items()}])[-args.average:]
+            if args.average > 1:
+                snapshots = (snapshots + [{k: v.detach().clone() for k, v in model.state_dict().items()}])[-args.average:]
     final, tag = history[args.steps], f"step {args.steps}"
     if len(snapshots) > 1:
         average_into(model, snapshots)
@@ -404,7 +407,8 @@ def save(args: argparse.Namespace, model, fe, ckpt_dir: Path, loss: float, final
         "data": {k: {"clips": len(v.audio), "hours": round(v.hours(), 3),
                      "sentences": len(set(v.texts))} for k, v in sets.items()},
         "voices": {"base": synth.BASE_VOICES, "train_variants": list(synth.TRAIN_VARIANTS),
-                   "unseen_variant": synth.HELDOUT_VARIANT, "validation_set": "unseen sentences after the test set, training voices and the unseen variant"},
+                   "unseen_variant": synth.HELDOUT_VARIANT,
+                   "validation_set": "unseen sentences after the test set, training voices and the unseen variant"},
         "elapsed_s": round(elapsed, 1),
         "code": code_revision(),
     }

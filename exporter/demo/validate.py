@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from . import grammar, synth
-from .train import LANGS, ClipSet, evaluate
+from .train import LANGS, VALIDATION_SETS, ClipSet, evaluate
 
 MULTI = 3  # sentences per clip in the multi-sentence set
-SEED = grammar.DEMO_SEED  # the recipe's --seed: train.py renders validation clips with SEED + 1000 and + 2000
+SEED = grammar.DEMO_SEED  # the recipe's --seed
 
 
 def validation_sets(threads: int) -> dict[str, ClipSet]:
@@ -33,7 +33,7 @@ def validation_sets(threads: int) -> dict[str, ClipSet]:
     items = [(t, lang) for lang in LANGS for t in grammar.demo_validation(lang)]
     sets = {name: ClipSet(synth.synthesize_many(items, seed=SEED + offset, heldout=heldout, workers=threads),
                           [t for t, _ in items], [lang for _, lang in items])
-            for name, offset, heldout in (("valid", 1000, False), ("valid_unseen_voice", 2000, True))}
+            for name, offset, heldout in VALIDATION_SETS}
     multi = [(synth.SENTENCE_BREAK.join(sents[i:i + MULTI]), lang) for lang in LANGS
              for sents in [grammar.demo_validation(lang)] for i in range(0, len(sents) - MULTI + 1, MULTI)]
     sets["valid_multi_sentence"] = ClipSet(
