@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.manifest import Item, layout_of, read_manifest  # noqa: E402
 from bench.normalize import score  # noqa: E402
-from daemon.audio import load_audio  # noqa: E402
-from daemon.config import DEFAULT_MODEL  # noqa: E402
-from daemon.decode import DecodeOptions, build_prompt  # noqa: E402
+from daemon.audio.files import load_audio  # noqa: E402
 from daemon.errors import DaemonError  # noqa: E402
-from daemon.transcribe import Transcriber, load_transcriber  # noqa: E402
+from daemon.model.decode import DecodeOptions, build_prompt  # noqa: E402
+from daemon.model.locate import DEFAULT_MODEL  # noqa: E402
+from daemon.model.transcriber import Transcriber, load_transcriber  # noqa: E402
 
 STAGES = ("features", "encoder", "decoder", "detokenize")  # timed inside Transcriber.transcribe
 

@@ -33,7 +33,7 @@ from exporter.wrappers import DecoderStepExport  # noqa: E402
 class RecomputeCrossStep(DecoderStepExport):
     """The reference contract: encoder states in, cross K/V projected again inside every step."""
 
-    def forward(self, input_id, position, self_k, self_v, self_mask, encoder_hidden, cross_mask):  # noqa: ANN001, ANN201
+    def forward(self, input_id, position, self_k, self_v, self_mask, encoder_hidden, cross_mask):
         t = encoder_hidden.shape[1]
 
         def heads(x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ def full_decoder_model():  # -> CohereAsrForConditionalGeneration with the real 
     return CohereAsrForConditionalGeneration(cfg).eval()
 
 
-def export_reference(model, d, path: Path) -> None:  # noqa: ANN001
+def export_reference(model, d, path: Path) -> None:
     step = RecomputeCrossStep(model, d.cache_capacity).eval()
     cache = (d.n_layers, 1, d.n_heads, d.cache_capacity, d.head_dim)
     args = (torch.zeros(1, 1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), torch.zeros(cache),
@@ -66,7 +66,7 @@ def export_reference(model, d, path: Path) -> None:  # noqa: ANN001
                           opset_version=17, dynamo=False)
 
 
-def feeds(d, reference: bool) -> dict[str, np.ndarray]:  # noqa: ANN001
+def feeds(d, reference: bool) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     cache = (d.n_layers, 1, d.n_heads, d.cache_capacity, d.head_dim)
     f = {"input_id": np.array([[5]]), "position": np.array([20]),

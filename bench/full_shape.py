@@ -130,8 +130,8 @@ class Ours:
     def __init__(self, bundle: str, new_tokens: int) -> None:
         from dataclasses import replace
 
-        from daemon.decode import DecodeOptions
-        from daemon.transcribe import Transcriber, load_transcriber
+        from daemon.model.decode import DecodeOptions
+        from daemon.model.transcriber import Transcriber, load_transcriber
 
         t0 = time.perf_counter()
         self.tr = load_transcriber(bundle, "onnx")  # verifies checksums, loads the decoder session
@@ -163,8 +163,8 @@ class Ours:
 
         import numpy as np
 
-        from daemon.decode import build_prompt, cross_inputs
-        from daemon.features import log_mel, pad_frames
+        from daemon.model.decode import build_prompt, cross_inputs
+        from daemon.model.features import log_mel, pad_frames
 
         tr, b = self.tr, self.tr.bundle
         spec = tr.backend.spec
@@ -224,7 +224,7 @@ class Reference:
         import torch
         from transformers import CohereAsrFeatureExtractor, CohereAsrForConditionalGeneration
 
-        from daemon.tokenizer import Tokenizer
+        from daemon.model.tokenizer import Tokenizer
         from exporter.manifest import PROMPT_TEMPLATE
 
         t0 = time.perf_counter()

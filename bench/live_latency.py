@@ -32,6 +32,7 @@ from live import DEMO, Daemon, wer  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from exporter.demo import grammar  # noqa: E402
+import itertools
 
 SR = 16000
 
@@ -60,7 +61,7 @@ async def listen(url: str, n_finals: int, timeout: float) -> list[tuple[float, d
 
 
 def pct(xs: list[float], q: float) -> float:
-    return sorted(xs)[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return sorted(xs)[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def main() -> None:
@@ -85,7 +86,7 @@ def main() -> None:
     cadence = []
     for seg in stopped:
         ts = [t for t, m in msgs if m["type"] == "partial" and m["segment"] == seg]
-        cadence += [b - a for a, b in zip(ts, ts[1:], strict=False)]
+        cadence += [b - a for a, b in itertools.pairwise(ts)]
     result = {
         "command": f"python bench/live_latency.py --sentences {args.sentences}",
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {__import__('os').cpu_count()} cores",

@@ -22,7 +22,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 ROOT = Path(__file__).resolve().parent.parent
 Doc = dict[str, Any]
@@ -122,7 +122,7 @@ def accuracy_section(name: str, doc: Doc) -> Lines:
     out += [f"Time per stage of transcription (features = log-mel, other = prompt and window split).{steps}", ""]
     out += table(["stage", "seconds", "share %"],
                  [[s, f"{v['seconds']:.3f}", pct(v["share"])] for s, v in stages.items()])
-    return out + [provenance(doc), ""]
+    return [*out, provenance(doc), ""]
 
 
 def stages_figure(docs: dict[str, Doc], path: Path) -> None:
@@ -170,7 +170,7 @@ def decoder_step_part(doc: Doc, img: Path, rel: str) -> Lines:
     out += [f"Ratio (reference ÷ ours, medians): **{num(doc.get('ratio'))}×**; multiply-accumulates avoided per "
             f"step: {'–' if macs is None else f'{macs / 1e9:.2f} G'}.", ""]
     out += table(["decoder step", "median ms", "p90 ms", "× ours"], rows)
-    return out + [provenance(doc), ""]
+    return [*out, provenance(doc), ""]
 
 
 # ---------------------------------------------------------------- live_latency.json
@@ -268,7 +268,7 @@ def idle_table(doc: Doc) -> Lines:
         *[[f"CPU share (%) of thread {name}", share, ""]
           for name, share in idle.get("cpu_percent_by_thread", {}).items() if share > 0],
     ])
-    return out + [provenance(doc), ""]
+    return [*out, provenance(doc), ""]
 
 
 def close_text(client: Doc) -> str:
@@ -298,7 +298,7 @@ def soak_table(doc: Doc) -> Lines:
         ["GET /health timeouts", s.get("health_timeouts")],
         ["websocket client closed with", close_text(s.get("client") or {})],
     ])
-    return out + [provenance(doc), ""]
+    return [*out, provenance(doc), ""]
 
 
 def soak_part(doc: Doc, img: Path, rel: str) -> Lines:
@@ -347,12 +347,12 @@ def full_shape_part(doc: Doc, img: Path, rel: str) -> Lines:
     nested = []
     for key, value in fields.items():
         if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
-            out += [f"### {title(key)}", ""] + generic_rows(value) + [provenance(doc), ""]
+            out += [f"### {title(key)}", "", *generic_rows(value), provenance(doc), ""]
         elif isinstance(value, list) and value and is_flat(value):
             out += [f"### {title(key)}", "", *(f"- {cell(v)}" for v in value), ""]
         elif isinstance(value, dict) and value and all(is_flat(v) for v in value.values()):
             rows = [{"name": k, "value": v} for k, v in value.items()]
-            out += [f"### {title(key)}", ""] + generic_rows(rows) + [provenance(doc), ""]
+            out += [f"### {title(key)}", "", *generic_rows(rows), provenance(doc), ""]
         elif isinstance(value, dict) and value:
             nested.append(f"`{key}`")
     if nested:

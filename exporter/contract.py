@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from daemon.bundle import encoder_frames as enc_frames
+from daemon.model.bundle import encoder_frames as enc_frames
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ INT = "int32"
 INT8_WEIGHT_THRESHOLD = 2048  # tensors with fewer elements stay FP16 (the published encoder recipe)
 
 
-def _ct():  # noqa: ANN202 - the coremltools module, imported quietly
+def _ct():
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     import coremltools as ct
 

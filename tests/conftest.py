@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 PRESETS = ("a", "b")
 BUCKETS = "1000,3500"
 

@@ -20,7 +20,7 @@ CAPACITY = 266
 def io_of(path: Path) -> tuple[dict, dict]:
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
 
-    def table(items) -> dict:  # noqa: ANN001
+    def table(items) -> dict:
         return {i.name: (tuple(i.type.multiArrayType.shape), DTYPE[i.type.multiArrayType.dataType]) for i in items}
 
     return table(spec.description.input), table(spec.description.output)
@@ -32,7 +32,7 @@ def weight_bytes(path: Path) -> dict[str, int]:
     fn = spec.mlProgram.functions["main"]
     out: dict[str, int] = {}
 
-    def add(value) -> None:  # noqa: ANN001 - a MIL Value
+    def add(value) -> None:
         if value.WhichOneof("value") == "blobFileValue":
             t = value.type.tensorType
             name = MIL.DataType.Name(t.dataType)

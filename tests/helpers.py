@@ -33,7 +33,7 @@ def espeak(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50) -
 def speech_clip(seconds: float, seed: int) -> np.ndarray:
     """Speech-like audio of an exact length: espeak sentences back to back, light noise."""
     rng = np.random.default_rng(seed)
-    n = int(round(seconds * SR))
+    n = round(seconds * SR)
     parts: list[np.ndarray] = []
     while sum(len(p) for p in parts) < n:
         voice = ["en-us", "en-gb", "es", "en-gb-scotland"][int(rng.integers(4))]
@@ -44,7 +44,7 @@ def speech_clip(seconds: float, seed: int) -> np.ndarray:
     return (x + rng.normal(0, 0.003, n)).astype(np.float32)
 
 
-def prompt_ids(sp, language: str, punctuation: bool) -> list[int]:  # noqa: ANN001 - SentencePieceProcessor
+def prompt_ids(sp, language: str, punctuation: bool) -> list[int]:
     """The reference prompt (transformers' get_decoder_prompt_ids), built here independently by piece name."""
     pnc = "<|pnc|>" if punctuation else "<|nopnc|>"
     return [sp.piece_to_id(p.replace("{l}", language).replace("{p}", pnc)) for p in PROMPT_PIECES]

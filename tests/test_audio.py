@@ -9,14 +9,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from daemon.audio import load_audio, split_windows
+from daemon.audio.files import load_audio
+from daemon.audio.windows import split_windows
 from daemon.errors import AudioError
 
 SR = 16000
 
 
 @pytest.mark.parametrize("seconds", [36.0, 71.3, 106.0])
-def test_split_matches_reference(seconds: float, hf_features) -> None:  # noqa: ANN001
+def test_split_matches_reference(seconds: float, hf_features) -> None:
     rng = np.random.default_rng(int(seconds))
     n = int(seconds * SR)
     x = (rng.normal(0, 0.1, n) * (1.2 + np.sin(np.arange(n) / 3000.0))).astype(np.float32)

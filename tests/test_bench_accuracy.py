@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from daemon.config import DEFAULT_MODEL
+from daemon.model.locate import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # bench/ is a folder of scripts, not an installed package

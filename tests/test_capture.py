@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from daemon.capture import FRAME_SAMPLES, FileSource, Reframer
+from daemon.live.capture import FRAME_SAMPLES, FileSource, Reframer
 
 
 def test_reframer_is_exact_at_16k() -> None:
@@ -60,7 +60,7 @@ def test_stdin_pcm_odd_chunks() -> None:
     """Bytes split at odd offsets still decode to the right samples (a stdin reader must carry the odd byte)."""
     code = (
         "import asyncio, sys, numpy as np\n"
-        "from daemon.capture import StdinSource\n"
+        "from daemon.live.capture import StdinSource\n"
         "async def main():\n"
         "    s = StdinSource(16000); s.start(); out = []\n"
         "    async for f in s.frames(): out.append(f)\n"

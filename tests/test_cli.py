@@ -20,7 +20,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def wav(tmp_path_factory) -> Path:  # noqa: ANN001
+def wav(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("audio") / "clip.wav"
     import soxr
 
@@ -28,7 +28,7 @@ def wav(tmp_path_factory) -> Path:  # noqa: ANN001
     return p
 
 
-def test_json_has_segments_tokens_logprobs(tiny_bundles, wav: Path) -> None:  # noqa: ANN001
+def test_json_has_segments_tokens_logprobs(tiny_bundles, wav: Path) -> None:
     r = run(str(wav), "--model", str(tiny_bundles["a"]), "--format", "json", "--dither", "0", "--max-new-tokens", "8")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -41,14 +41,14 @@ def test_json_has_segments_tokens_logprobs(tiny_bundles, wav: Path) -> None:  # 
 
 
 @pytest.mark.parametrize("fmt,head", [("srt", "1\n00:00:00,000 --> "), ("vtt", "WEBVTT\n\n00:00:00.000 --> ")])
-def test_subtitles(tiny_bundles, wav: Path, fmt: str, head: str) -> None:  # noqa: ANN001
+def test_subtitles(tiny_bundles, wav: Path, fmt: str, head: str) -> None:
     r = run(str(wav), "--model", str(tiny_bundles["b"]), "--format", fmt, "--max-new-tokens", "6",
             "--ignore-eos")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(head)
 
 
-def test_ignore_eos_forces_the_token_count(tiny_bundles, wav: Path) -> None:  # noqa: ANN001
+def test_ignore_eos_forces_the_token_count(tiny_bundles, wav: Path) -> None:
     r = run(str(wav), "--model", str(tiny_bundles["b"]), "--format", "json", "--max-new-tokens", "12", "--ignore-eos")
     assert [len(s["tokens"]) for s in json.loads(r.stdout)["segments"]] == [12, 12]
 
@@ -63,7 +63,7 @@ def one_line_error(r: subprocess.CompletedProcess[str], *words: str) -> None:
 
 
 @pytest.fixture()
-def broken(tiny_bundles, tmp_path: Path) -> Path:  # noqa: ANN001
+def broken(tiny_bundles, tmp_path: Path) -> Path:
     dst = tmp_path / "bundle"
     shutil.copytree(tiny_bundles["a"], dst)
     return dst
@@ -101,20 +101,20 @@ def test_missing_bundle(tmp_path: Path, wav: Path) -> None:
     one_line_error(run(str(wav), "--model", str(tmp_path / "nope")), "not a folder")
 
 
-def test_unknown_language(tiny_bundles, wav: Path) -> None:  # noqa: ANN001
+def test_unknown_language(tiny_bundles, wav: Path) -> None:
     one_line_error(run(str(wav), "--model", str(tiny_bundles["a"]), "--language", "xx"), "unknown language 'xx'")
 
 
-def test_too_many_tokens(tiny_bundles, wav: Path) -> None:  # noqa: ANN001
+def test_too_many_tokens(tiny_bundles, wav: Path) -> None:
     one_line_error(run(str(wav), "--model", str(tiny_bundles["a"]), "--max-new-tokens", "257"),
                    "exceeds", "266")
 
 
-def test_coreml_on_linux(tiny_bundles, wav: Path) -> None:  # noqa: ANN001
+def test_coreml_on_linux(tiny_bundles, wav: Path) -> None:
     one_line_error(run(str(wav), "--model", str(tiny_bundles["a"]), "--backend", "coreml"), "only on macOS")
 
 
-def test_unreadable_and_empty_audio(tiny_bundles, tmp_path: Path) -> None:  # noqa: ANN001
+def test_unreadable_and_empty_audio(tiny_bundles, tmp_path: Path) -> None:
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF nonsense")
     one_line_error(run(str(bad), "--model", str(tiny_bundles["a"])), "cannot read audio")
@@ -131,7 +131,7 @@ def test_unreadable_and_empty_audio(tiny_bundles, tmp_path: Path) -> None:  # no
     (["--language", "xx"], ["unknown language 'xx'"]),
     (["--end-silence-ms", "1"], ["end_silence_ms must be"]),
 ])
-def test_serve_errors_are_one_line(tiny_bundles, wav: Path, args: list[str], words: list[str]) -> None:  # noqa: ANN001
+def test_serve_errors_are_one_line(tiny_bundles, wav: Path, args: list[str], words: list[str]) -> None:
     base = ["--model", str(tiny_bundles["a"]), "--source", str(wav), "--port", "0"]
     r = subprocess.run([sys.executable, "-m", "daemon", "serve", *base, *args], capture_output=True, text=True,
                        timeout=60, env={**__import__("os").environ, "HOME": "/nonexistent-home"})

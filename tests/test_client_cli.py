@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from daemon.messages import PROTOCOL, Final, Hello, Partial, Settings, SpeechStarted, SpeechStopped
+from daemon.live.messages import PROTOCOL, Final, Hello, Partial, Settings, SpeechStarted, SpeechStopped
 
 CLI = Path(__file__).parents[1] / "clients" / "cli.py"
 MS = float(os.environ.get("TEST_TIME_SCALE", "1")) / 1000  # scale up on slow machines

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.__main__ import _parser
-from daemon.config import DaemonConfig, build_config, load_toml
+from daemon.cli import _parser
 from daemon.errors import ConfigError
+from daemon.live.config import DaemonConfig, build_config, load_toml
 
 
 def serve_flags() -> dict[str, argparse.Action]:

@@ -17,7 +17,7 @@ from coreml_checks import MIL, expected, io_of, weight_bytes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def wide(tmp_path_factory) -> tuple[Path, dict[str, Path]]:  # noqa: ANN001
+def wide(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     """A wider tiny checkpoint exported in each precision (Core ML only)."""
     from exporter.tiny import build_tiny
 
@@ -32,7 +32,7 @@ def wide(tmp_path_factory) -> tuple[Path, dict[str, Path]]:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("precision", ["hybrid", "fp16", "fp32"])
-def test_io_matches_config_and_manifest(precision: str, wide) -> None:  # noqa: ANN001
+def test_io_matches_config_and_manifest(precision: str, wide) -> None:
     ckpt, bundles = wide
     b = bundles[precision]
     enc_in, enc_out, dec_in, dec_out = expected(ckpt, "float32" if precision == "fp32" else "float16")
@@ -45,7 +45,7 @@ def test_io_matches_config_and_manifest(precision: str, wide) -> None:  # noqa: 
     assert m["precision"] == precision and m["minimum_deployment_target"] == "macOS15"
 
 
-def test_hybrid_encoder_int8_decoder_fp16(wide) -> None:  # noqa: ANN001
+def test_hybrid_encoder_int8_decoder_fp16(wide) -> None:
     _, bundles = wide
     enc = weight_bytes(bundles["hybrid"] / "coreml/encoder_3500.mlpackage")
     dec = weight_bytes(bundles["hybrid"] / "coreml/decoder_step.mlpackage")
@@ -57,7 +57,7 @@ def test_hybrid_encoder_int8_decoder_fp16(wide) -> None:  # noqa: ANN001
     assert set(weight_bytes(bundles["fp32"] / "coreml/decoder_step.mlpackage")) - {"INT32"} == {"FLOAT32"}
 
 
-def test_encoder_mask_is_finite_in_fp16(wide) -> None:  # noqa: ANN001
+def test_encoder_mask_is_finite_in_fp16(wide) -> None:
     """The padding mask constant must survive FP16: -1e4, not float32 min (which becomes -inf → NaN)."""
     _, bundles = wide
     spec = ct.models.MLModel(str(bundles["fp16"] / "coreml/encoder_3500.mlpackage"), skip_model_load=True).get_spec()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.decode import repetition_cut
+from daemon.model.decode import repetition_cut
 
 
 @pytest.mark.parametrize("tokens,keep", [

@@ -20,9 +20,10 @@ import soundfile as sf
 from coreml_checks import expected, io_of, weight_bytes
 from helpers import hf_greedy, prompt_ids
 
-from daemon.decode import DecodeOptions
-from daemon.transcribe import load_transcriber
+from daemon.model.decode import DecodeOptions
+from daemon.model.transcriber import load_transcriber
 from exporter.demo import grammar, synth
+import itertools
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "demo"
@@ -53,7 +54,7 @@ def cli_transcribe(wavs: list[Path], lang: str, *extra: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("lang", grammar.LANGUAGES)
-def test_heldout_wer_through_daemon_transcribe(lang, clips, tmp_path) -> None:  # noqa: ANN001
+def test_heldout_wer_through_daemon_transcribe(lang, clips, tmp_path) -> None:
     wavs = []
     for i, (_, x) in enumerate(clips[lang]):
         wavs.append(tmp_path / f"{i:02d}.wav")
@@ -69,7 +70,7 @@ def test_heldout_wer_through_daemon_transcribe(lang, clips, tmp_path) -> None:  
     assert wer <= MAX_WER
 
 
-def test_language_prompt_changes_the_tokens(clips, tmp_path) -> None:  # noqa: ANN001
+def test_language_prompt_changes_the_tokens(clips, tmp_path) -> None:
     wavs = []
     for i, (_, x) in enumerate(clips["en"][:8]):
         wavs.append(tmp_path / f"{i:02d}.wav")
@@ -79,7 +80,7 @@ def test_language_prompt_changes_the_tokens(clips, tmp_path) -> None:  # noqa: A
     assert sum(a != b for a, b in zip(en, es, strict=True)) >= 6
 
 
-def test_daemon_tokens_equal_transformers_generate(clips) -> None:  # noqa: ANN001
+def test_daemon_tokens_equal_transformers_generate(clips) -> None:
     """≥ 20 held-out clips, both languages, punctuation prompt on and off: identical greedy tokens."""
     from transformers import CohereAsrFeatureExtractor, CohereAsrForConditionalGeneration
 
@@ -97,7 +98,7 @@ def test_daemon_tokens_equal_transformers_generate(clips) -> None:  # noqa: ANN0
     assert len(items) >= 20
 
 
-def test_export_is_deterministic_and_coreml_passes_the_spec(clips, tmp_path) -> None:  # noqa: ANN001
+def test_export_is_deterministic_and_coreml_passes_the_spec(clips, tmp_path) -> None:
     """Re-export the committed checkpoint: byte-identical ONNX files, same tokens; Core ML I/O and weights."""
     shipped = json.loads((DEMO / "manifest.json").read_text())
     buckets = ",".join(map(str, shipped["encoder"]["buckets"]))
@@ -139,7 +140,7 @@ def test_transcribe_vad_gives_one_segment_per_sentence_of_the_samples() -> None:
         doc = cli_transcribe([ROOT / "samples" / f"demo-{lang}.wav"], lang, "--vad")[0]
         segs = doc["segments"]
         assert len(segs) == 3, segs
-        assert all(a["end"] <= b["start"] for a, b in zip(segs, segs[1:], strict=False))
+        assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(segs))
         refs += texts
         hyps += [s["text"] for s in segs]
     wer = jiwer.wer(refs, hyps)

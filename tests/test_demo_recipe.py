@@ -11,7 +11,7 @@ from exporter.demo.train import average_into
 
 
 @pytest.mark.parametrize("lang", grammar.LANGUAGES)
-def test_validation_sentences_are_unseen_and_apart_from_the_test_set(lang) -> None:  # noqa: ANN001
+def test_validation_sentences_are_unseen_and_apart_from_the_test_set(lang) -> None:
     train = set(grammar.sentences(lang, grammar.DEMO_TRAIN_SENTENCES, grammar.DEMO_SEED))
     test = grammar.demo_heldout(lang)
     valid = grammar.demo_validation(lang)

@@ -7,18 +7,18 @@ import pytest
 import torch
 from helpers import SR, speech_clip
 
-from daemon.features import FeatureParams, _power_spectrogram, log_mel, n_valid_frames, pad_frames
+from daemon.model.features import FeatureParams, _power_spectrogram, log_mel, n_valid_frames, pad_frames
 
 TOL = 1e-4  # max |Δ| on valid frames, dither off on both sides
 
 
-def params(fe, dither: float = 0.0) -> FeatureParams:  # noqa: ANN001
+def params(fe, dither: float = 0.0) -> FeatureParams:
     window = torch.hann_window(fe.win_length, periodic=False).numpy()
     return FeatureParams(SR, fe.n_fft, fe.win_length, fe.hop_length, fe.feature_size, fe.preemphasis, dither,
                          2.0**-24, 1e-5, fe.mel_filters.numpy(), window)
 
 
-def reference(fe, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
+def reference(fe, x: np.ndarray) -> np.ndarray:
     out = fe(x, sampling_rate=SR, return_tensors="np")
     n = int(out["attention_mask"][0].sum())
     return out["input_features"][0, :n].T  # (n_mels, n_valid)
@@ -33,7 +33,7 @@ CLIPS = {
 
 
 @pytest.mark.parametrize("name", sorted(CLIPS))
-def test_matches_reference(name: str, hf_features) -> None:  # noqa: ANN001
+def test_matches_reference(name: str, hf_features) -> None:
     x = CLIPS[name]()
     ref = reference(hf_features, x)
     ours = log_mel(x, params(hf_features))
@@ -42,7 +42,7 @@ def test_matches_reference(name: str, hf_features) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_random_lengths(seed: int, hf_features) -> None:  # noqa: ANN001
+def test_random_lengths(seed: int, hf_features) -> None:
     rng = np.random.default_rng(seed)
     x = speech_clip(float(rng.uniform(0.03, 35.0)), 100 + seed)[: int(rng.integers(480, 560001))]
     ref = reference(hf_features, x)
@@ -54,7 +54,7 @@ def test_exactly_35s_has_3500_valid_frames() -> None:
     assert n_valid_frames(559_999, 160) == 3499
 
 
-def test_digital_silence(hf_features) -> None:  # noqa: ANN001
+def test_digital_silence(hf_features) -> None:
     """Every bin is constant, so the exact normalised value is 0 on every valid frame.
 
     transformers computes CMVN in float32 and divides the rounding error of its mean by std + 1e-5 ≈ 1e-5,
@@ -106,7 +106,7 @@ def test_dither_magnitude_matches_on_silence() -> None:
     pre = torch.cat([noise[:1], noise[1:] - 0.97 * noise[:-1]])
     ref_logmel = fe._torch_extract_fbank_features(pre[None])[0, : n // 160].double().numpy()
     ref_power = (np.exp(ref_logmel) - 2.0**-24).mean()
-    from daemon.features import dither_noise
+    from daemon.model.features import dither_noise
 
     d = dither_noise(n, 1e-5).astype(np.float64)
     ours_pre = np.concatenate([[d[0]], d[1:] - 0.97 * d[:-1]])
@@ -116,13 +116,13 @@ def test_dither_magnitude_matches_on_silence() -> None:
 
 
 def test_dither_is_seeded_by_length() -> None:
-    from daemon.features import dither_noise
+    from daemon.model.features import dither_noise
 
     assert np.array_equal(dither_noise(1000, 1e-5), dither_noise(1000, 1e-5))
     assert not np.array_equal(dither_noise(1000, 1e-5)[:999], dither_noise(999, 1e-5))
 
 
-def test_too_short_is_an_error(hf_features) -> None:  # noqa: ANN001
+def test_too_short_is_an_error(hf_features) -> None:
     from daemon.errors import AudioError
 
     with pytest.raises(AudioError, match="too short"):

@@ -19,7 +19,7 @@ from bench.procs import MemoryGuard  # noqa: E402
 
 
 def test_tokenizer_has_16384_pieces_with_the_real_ids(tmp_path):
-    from daemon.tokenizer import Tokenizer
+    from daemon.model.tokenizer import Tokenizer
     from exporter.manifest import PROMPT_TEMPLATE, token_ids
 
     path = write_real_layout_tokenizer(tmp_path / "tokenizer.model")

@@ -40,7 +40,7 @@ def program(texts: list[str], lang: str = "en") -> tuple[np.ndarray, list[float]
     return np.concatenate(parts), durations
 
 
-def n_finals(k: int):  # noqa: ANN201
+def n_finals(k: int):
     return lambda msgs: sum(m["type"] == "final" for m in msgs) >= k
 
 
@@ -133,7 +133,7 @@ def test_silence_and_noise_give_no_text_then_speech_does(tmp_path: Path) -> None
 
 
 @pytest.fixture()
-def virtual_mic(tmp_path: Path):  # noqa: ANN201
+def virtual_mic(tmp_path: Path):
     """A PulseAudio null sink whose monitor is the default input (real-time, sample-exact)."""
     for tool in ("pulseaudio", "pactl", "paplay", "pacat"):
         assert shutil.which(tool), f"{tool} missing: .ci/run installs pulseaudio and pulseaudio-utils"

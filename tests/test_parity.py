@@ -10,10 +10,10 @@ import sentencepiece as spm
 import torch
 from helpers import hf_greedy, prompt_ids, speech_clip
 
-from daemon.bundle import encoder_frames, load_bundle
-from daemon.decode import DecodeOptions, cross_inputs, greedy_decode
-from daemon.features import log_mel, pad_frames
-from daemon.transcribe import load_transcriber
+from daemon.model.bundle import encoder_frames, load_bundle
+from daemon.model.decode import DecodeOptions, cross_inputs, greedy_decode
+from daemon.model.features import log_mel, pad_frames
+from daemon.model.transcriber import load_transcriber
 
 PRESETS = ("a", "b")
 N_CLIPS = 20
@@ -23,7 +23,7 @@ LANGS = ("en", "es", "fr", "de", "ja")
 
 def clip_lengths() -> list[float]:
     rng = np.random.default_rng(3)
-    return sorted([0.5, 35.0] + list(rng.uniform(0.5, 35.0, N_CLIPS - 2)))
+    return sorted([0.5, 35.0, *list(rng.uniform(0.5, 35.0, N_CLIPS - 2))])
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def clips() -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_encoder_matches_transformers(preset, tiny_bundles, hf_models, hf_features, clips) -> None:  # noqa: ANN001
+def test_encoder_matches_transformers(preset, tiny_bundles, hf_models, hf_features, clips) -> None:
     """Valid frames: |Δ| ≤ 1e-5 + 1e-4·max|ref|; and they do not change when the padding grows."""
     tr = load_transcriber(str(tiny_bundles[preset]), "onnx", dither=0.0)
     model = hf_models[preset]
@@ -57,7 +57,7 @@ def test_encoder_matches_transformers(preset, tiny_bundles, hf_models, hf_featur
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_greedy_tokens_and_logprobs_match_generate(preset, tiny_bundles, tiny_checkpoints, hf_models,
-                                                   hf_features, clips) -> None:  # noqa: ANN001
+                                                   hf_features, clips) -> None:
     """≥ 20 clips of 0.5–35 s, several languages, punctuation on and off: identical tokens, logprobs ≤ 1e-3."""
     tr = load_transcriber(str(tiny_bundles[preset]), "onnx", dither=0.0)
     sp = spm.SentencePieceProcessor(model_file=str(tiny_checkpoints[preset] / "tokenizer.model"))
@@ -80,7 +80,7 @@ def test_greedy_tokens_and_logprobs_match_generate(preset, tiny_bundles, tiny_ch
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_prompt_changes_the_output(preset, tiny_bundles, clips) -> None:  # noqa: ANN001
+def test_prompt_changes_the_output(preset, tiny_bundles, clips) -> None:
     tr = load_transcriber(str(tiny_bundles[preset]), "onnx", dither=0.0)
     x = clips[5]
     runs = {(lang, pnc): tr.transcribe_window(x, DecodeOptions(language=lang, punctuation=pnc,
@@ -89,7 +89,7 @@ def test_prompt_changes_the_output(preset, tiny_bundles, clips) -> None:  # noqa
     assert len(set(runs.values())) == 4
 
 
-def decode_at(tr, x: np.ndarray, bucket: int, n_enc_delta: int = 0, unmasked: bool = False):  # noqa: ANN001
+def decode_at(tr, x: np.ndarray, bucket: int, n_enc_delta: int = 0, unmasked: bool = False):
     feats = log_mel(x, tr.features)
     n = feats.shape[1]
     enc = tr.backend.encode(pad_frames(feats, bucket), n)
@@ -107,7 +107,7 @@ def decode_at(tr, x: np.ndarray, bucket: int, n_enc_delta: int = 0, unmasked: bo
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_exact_length_and_padded_agree(preset, tiny_bundles, clips) -> None:  # noqa: ANN001
+def test_exact_length_and_padded_agree(preset, tiny_bundles, clips) -> None:
     """Bucket 1000 vs 3500 for the same clip: same log-probabilities; a missing cross mask or a +1 encoder
     frame changes them (so this test can fail)."""
     tr = load_transcriber(str(tiny_bundles[preset]), "onnx", dither=0.0)
@@ -121,19 +121,19 @@ def test_exact_length_and_padded_agree(preset, tiny_bundles, clips) -> None:  # 
     assert np.abs(np.array(unmasked.logprobs) - np.array(full.logprobs)).max() > 1e-3
 
 
-def test_cross_inputs_pad_and_mask(tiny_bundles) -> None:  # noqa: ANN001
-    from daemon.backends import EncoderOutput
+def test_cross_inputs_pad_and_mask(tiny_bundles) -> None:
+    from daemon.model.backends import EncoderOutput
 
     b = load_bundle(tiny_bundles["a"])
     kv = np.ones((b.n_layers, 1, b.n_heads, 125, b.head_dim), np.float32)
-    k, v, mask = cross_inputs(b, EncoderOutput(np.zeros((1, 125, 8), np.float32), kv, kv), 100, np.dtype("float32"))
+    k, _v, mask = cross_inputs(b, EncoderOutput(np.zeros((1, 125, 8), np.float32), kv, kv), 100, np.dtype("float32"))
     assert k.shape[3] == b.cross_frames == 438 and k[:, :, :, 125:].sum() == 0
     assert (mask[..., :100] == 0).all() and (mask[..., 100:] == b.mask_value).all()
 
 
-def test_loop_guard_stops_a_repeating_decode(tiny_bundles) -> None:  # noqa: ANN001
+def test_loop_guard_stops_a_repeating_decode(tiny_bundles) -> None:
     """A decoder that says 5, 6, then 7 forever: the guard stops it, keeps one 7, and says so."""
-    from daemon.backends import EncoderOutput
+    from daemon.model.backends import EncoderOutput
 
     bundle = load_bundle(tiny_bundles["a"])
 
@@ -143,7 +143,7 @@ def test_loop_guard_stops_a_repeating_decode(tiny_bundles) -> None:  # noqa: ANN
         def __init__(self) -> None:
             self.bundle = bundle
 
-        def decoder_step(self, feeds):  # noqa: ANN001, ANN202
+        def decoder_step(self, feeds):
             pos = int(feeds["position"][0])
             logits = np.zeros((1, bundle.vocab_size), np.float32)
             logits[0, 5 if pos <= 1 else 6 if pos == 2 else 7] = 10.0
@@ -158,7 +158,7 @@ def test_loop_guard_stops_a_repeating_decode(tiny_bundles) -> None:  # noqa: ANN
     assert cut.tokens == (5, 6, 7) and len(cut.logprobs) == 3 and cut.stop_reason == "repetition"
 
 
-def test_warm_up_runs_every_bucket(tiny_bundles) -> None:  # noqa: ANN001
+def test_warm_up_runs_every_bucket(tiny_bundles) -> None:
     tr = load_transcriber(str(tiny_bundles["a"]), "onnx", dither=0.0)
     tr.warm_up()
     assert set(tr.backend._encoders) == {1000, 3500}

@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from daemon.messages import (
+from daemon.live.messages import (
     CLIENT_TYPES,
     PROTOCOL,
     BadMessage,

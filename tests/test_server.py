@@ -14,14 +14,14 @@ import urllib.request
 import pytest
 from websockets.asyncio.client import connect
 
-from daemon.messages import PROTOCOL, Command, Final, Hello, Partial, Pong, Settings
-from daemon.server import CLOSE_TOO_SLOW, CaptionServer
+from daemon.live.messages import PROTOCOL, Command, Final, Hello, Partial, Pong, Settings
+from daemon.live.server import CLOSE_TOO_SLOW, CaptionServer
 
 SETTINGS = Settings("en", True, False)
 
 
 def make_server() -> CaptionServer:
-    def on_command(cmd: Command):  # noqa: ANN202
+    def on_command(cmd: Command):
         return Pong(cmd.id) if cmd.type == "ping" else None
 
     return CaptionServer("127.0.0.1", 0, lambda: Hello(PROTOCOL, "test", "onnx", SETTINGS, []), on_command,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.tokenizer import StreamingDetokenizer, Tokenizer
+from daemon.model.tokenizer import StreamingDetokenizer, Tokenizer
 from exporter.spm import train_tokenizer
 
 TEXTS = ["turn on the kitchen lights", "set a timer for ten minutes", "apaga la luz del salón por favor",
@@ -15,7 +15,7 @@ CJK = ["你好，世界", "今日は良い天気ですね", "안녕하세요 여
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Tokenizer:  # noqa: ANN001
+def tok(tmp_path_factory) -> Tokenizer:
     return Tokenizer(train_tokenizer(TEXTS, 320, tmp_path_factory.mktemp("tok") / "tokenizer.model"))
 
 
@@ -46,7 +46,7 @@ def test_cjk_is_byte_pieces_and_round_trips_streaming(tok: Tokenizer, text: str)
 
 
 def test_control_pieces_are_dropped_and_leading_space_stripped(tok: Tokenizer) -> None:
-    ids = [tok.piece_id("<|en|>"), tok.piece_id("<|pnc|>")] + tok.encode("hola") + [tok.piece_id("<|endoftext|>")]
+    ids = [tok.piece_id("<|en|>"), tok.piece_id("<|pnc|>"), *tok.encode("hola"), tok.piece_id("<|endoftext|>")]
     assert tok.decode(ids) == "hola"
 
 

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from helpers import SR, espeak
 
-from daemon.audio import split_windows
-from daemon.vad import (
+from daemon.audio.vad import (
     SegmentClosed,
     SegmentDropped,
     Segmenter,
     SegmentEvent,
-    SpeechStarted,
+    SegmentOpened,
     VadOptions,
     speech_spans,
 )
+from daemon.audio.windows import split_windows
 
 OPTS = VadOptions()
 FRAME = OPTS.frame_samples  # 480 samples, 30 ms
@@ -56,10 +56,10 @@ def test_pre_roll_silence_end_blip_and_ids() -> None:
     pre, end_silence, min_speech = 10 * FRAME, 20, 9  # 300 ms, 600 ms, 250 ms -> 9 frames
     onset2 = (50 + 40 + 30 + 3 + 30) * FRAME
     assert [(i, e) for i, e in got] == [
-        (50 + min_speech - 1, SpeechStarted(0, 50 * FRAME - pre)),
+        (50 + min_speech - 1, SegmentOpened(0, 50 * FRAME - pre)),
         (50 + 40 + end_silence - 1, closed_at(0, 50 * FRAME - pre, (50 + 40 + end_silence) * FRAME)),
         (123 + end_silence - 1, SegmentDropped(1, 110 * FRAME, (123 + end_silence) * FRAME)),
-        (153 + min_speech - 1, SpeechStarted(1, onset2 - pre)),
+        (153 + min_speech - 1, SegmentOpened(1, onset2 - pre)),
         (173 + end_silence - 1, closed_at(1, onset2 - pre, (173 + end_silence) * FRAME)),
     ]
     for _, e in got:
@@ -75,7 +75,7 @@ def test_pre_roll_is_clamped_at_stream_start_and_state_is_exposed() -> None:
     assert [e for _, e in feed(seg, tone(8))] == []  # 8 speech frames: still pending
     assert seg.is_open and seg.current_segment is None and seg.current_start == 0
     assert seg.speech_frames_total == 8 and len(seg.current_audio()) == 11 * FRAME
-    assert [e for _, e in feed(seg, tone(1))] == [SpeechStarted(0, 0)]
+    assert [e for _, e in feed(seg, tone(1))] == [SegmentOpened(0, 0)]
     assert seg.current_segment == 0 and seg.speech_frames_total == 9
     audio = seg.current_audio()
     audio[:] = 1.0  # a copy: the segmenter's audio is unchanged
@@ -92,7 +92,7 @@ def test_max_length_cuts_at_the_quietest_block_and_loses_nothing() -> None:
     seg = Segmenter(OPTS, rms_is_speech)
     events = [e for _, e in feed(seg, x)] + seg.flush()
     closed = [e for e in events if isinstance(e, SegmentClosed)]
-    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    starts = [e for e in events if isinstance(e, SegmentOpened)]
     assert closed[0].end == dip and closed[0].reason == "max_length"
     assert [c.reason for c in closed] == ["max_length", "max_length", "flush"]
     assert [(c.segment, c.start) for c in closed] == [(s.segment, s.start) for s in starts] == [(0, 0), (1, dip), (2, closed[1].end)]
@@ -106,7 +106,7 @@ def test_speech_ending_just_before_max_length_leaves_no_silent_segment() -> None
     x = np.concatenate([tone(1150), quiet(60)])
     seg = Segmenter(OPTS, rms_is_speech)
     events = [e for _, e in feed(seg, x)]
-    assert [type(e) for e in events] == [SpeechStarted, SegmentClosed]
+    assert [type(e) for e in events] == [SegmentOpened, SegmentClosed]
     assert events[1].reason == "max_length" and 1150 * FRAME <= events[1].end <= 35 * SR
     assert not seg.is_open and seg.flush() == []
 
@@ -118,7 +118,7 @@ def test_real_webrtcvad_speech_then_silence_and_noise() -> None:
     seg = Segmenter(OPTS)
     events = [e for _, e in feed(seg, x)]
     voiced = np.flatnonzero(np.abs(x) > 1e-3)
-    assert [type(e) for e in events] == [SpeechStarted, SegmentClosed]
+    assert [type(e) for e in events] == [SegmentOpened, SegmentClosed]
     closed = events[1]
     assert isinstance(closed, SegmentClosed) and closed.reason == "silence"
     assert closed.start <= voiced[0] and closed.end > voiced[-1]
@@ -135,7 +135,7 @@ def test_energy_gate_keeps_quiet_noise_out_even_if_the_detector_says_speech() ->
     noise = (np.random.default_rng(1).standard_normal(3 * SR) * 10 ** (-50 / 20)).astype(np.float32)
     assert feed(Segmenter(OPTS, lambda pcm, rate: True), noise) == []
     ungated = Segmenter(VadOptions(min_level_dbfs=float("-inf")), lambda pcm, rate: True)
-    assert [type(e) for _, e in feed(ungated, noise)] == [SpeechStarted]
+    assert [type(e) for _, e in feed(ungated, noise)] == [SegmentOpened]
 
 
 @pytest.mark.parametrize("rate", [8000, 16000, 32000, 48000])

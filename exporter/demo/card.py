@@ -30,7 +30,7 @@ def parameter_count(checkpoint: Path) -> int:
     total = 0
     for f in sorted(checkpoint.glob("*.safetensors")):
         with safe_open(str(f), "np") as st:
-            for name in st.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+            for name in st.keys():
                 total += math.prod(st.get_slice(name).get_shape())
     return total
 

@@ -348,7 +348,7 @@ def train(args: argparse.Namespace) -> None:
             history[step] = {k: evaluate(model, fe, sp, v, f"{k} @ {step}") for k, v in evals.items()}
             history[step]["loss"] = round(ema, 4)
             if args.average > 1:
-                snapshots = (snapshots + [{k: v.detach().clone() for k, v in model.state_dict().items()}])[-args.average:]
+                snapshots = ([*snapshots, {k: v.detach().clone() for k, v in model.state_dict().items()}])[-args.average:]
     final, tag = history[args.steps], f"step {args.steps}"
     if len(snapshots) > 1:
         average_into(model, snapshots)

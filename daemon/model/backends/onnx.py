@@ -6,8 +6,9 @@ import os
 
 import numpy as np
 
-from ..bundle import GraphSpec
-from ..errors import BackendError
+from daemon.errors import BackendError
+from daemon.model.bundle import GraphSpec
+
 from .base import Array
 
 

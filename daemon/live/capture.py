@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from .errors import CaptureError
+from daemon.errors import CaptureError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class FileSource(Source):
 
     def __init__(self, path: str, fast: bool) -> None:
         super().__init__()
-        from .audio import load_audio
+        from daemon.audio.files import load_audio
 
         self.name = f"file {path}"
         self._samples = load_audio(path, SAMPLE_RATE)

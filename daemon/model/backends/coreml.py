@@ -10,8 +10,9 @@ import platform
 
 import numpy as np
 
-from ..bundle import GraphSpec
-from ..errors import BackendError
+from daemon.errors import BackendError
+from daemon.model.bundle import GraphSpec
+
 from .base import Array
 
 

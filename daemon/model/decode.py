@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .backends import Backend, EncoderOutput
-from .bundle import Bundle
-from .errors import ConfigError
-from .tokenizer import Tokenizer
+from daemon.errors import ConfigError
+from daemon.model.backends import Backend, EncoderOutput
+from daemon.model.bundle import Bundle
+from daemon.model.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)

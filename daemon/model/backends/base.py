@@ -14,8 +14,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ..bundle import Bundle, GraphSpec
-from ..errors import BackendError
+from daemon.errors import BackendError
+from daemon.model.bundle import Bundle, GraphSpec
 
 Array = npt.NDArray[np.generic]
 

@@ -7,9 +7,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import AudioError, ConfigError
-from .formats import render
-from .transcribe import Segment
+from daemon.errors import AudioError, ConfigError
+from daemon.model.segment import Segment
+from daemon.output.formats import render
 
 
 class TranscriptWriter:

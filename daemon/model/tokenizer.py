@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from .errors import BundleError, ConfigError
+from daemon.errors import BundleError, ConfigError
 
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _WORD_BOUNDARY = "\u2581"  # ▁, SentencePiece's space marker
@@ -104,7 +104,7 @@ def _byte_value(piece: str) -> int | None:
 def _piece_text(piece: str, sp: spm.SentencePieceProcessor, i: int) -> bytes:
     if sp.is_control(i) or sp.is_unknown(i) or _byte_value(piece) is not None:
         return b""
-    if piece.startswith("<|") and piece.endswith("|>") or piece in ("<pad>", "<unk>", "<s>", "</s>"):
+    if (piece.startswith("<|") and piece.endswith("|>")) or piece in ("<pad>", "<unk>", "<s>", "</s>"):
         return b""
     return piece.replace(_WORD_BOUNDARY, " ").encode("utf-8")
 

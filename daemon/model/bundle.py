@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleError
-from .features import FeatureParams
+from daemon.errors import BundleError
+from daemon.model.features import FeatureParams
 
 FORMAT = "cohere-transcribe-bundle"
 FORMAT_VERSION = 1
@@ -110,12 +110,7 @@ def load_bundle(root: str | Path, verify_checksums: bool = True) -> Bundle:
     root = Path(root)
     mpath = root / "manifest.json"
     if not root.is_dir():
-        from .config import DEFAULT_MODEL
-
-        hint = ("; the demo model is not in this checkout yet: run scripts/quickstart.sh (it builds "
-                "build/tiny-bundle) or export a checkpoint with python -m exporter, then pass --model"
-                if root.resolve() == DEFAULT_MODEL.resolve() else "")
-        raise BundleError(f"model bundle {root} is not a folder{hint}")
+        raise BundleError(f"model bundle {root} is not a folder")
     if not mpath.is_file():
         raise BundleError(f"model bundle {root} has no manifest.json")
     try:

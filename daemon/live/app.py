@@ -8,11 +8,11 @@ import signal
 import time
 from typing import Any
 
-from .capture import MicSource, open_source
-from .config import DaemonConfig
-from .messages import PROTOCOL, Command, Event, Hello, Pong, Settings, Status
-from .server import CaptionServer
-from .transcripts import TranscriptWriter
+from daemon.live.capture import MicSource, open_source
+from daemon.live.config import DaemonConfig
+from daemon.live.messages import PROTOCOL, Command, Event, Hello, Pong, Settings, Status
+from daemon.live.server import CaptionServer
+from daemon.output.transcripts import TranscriptWriter
 
 log = logging.getLogger("daemon")
 
@@ -24,7 +24,7 @@ class Daemon:
         self.config = config
         self.engine: Any = None
         self.started = time.monotonic()
-        from .bundle import load_bundle
+        from daemon.model.bundle import load_bundle
 
         self.bundle = load_bundle(config.model)  # fail fast, before listening, on a bad bundle
         self.source = open_source(config.source, config.device, config.rate, config.fast)
@@ -56,7 +56,7 @@ class Daemon:
     def _command(self, cmd: Command) -> Event | None:
         if cmd.type == "ping":
             return Pong(cmd.id)
-        from .errors import DaemonError
+        from daemon.errors import DaemonError
 
         if self.engine is None:
             raise DaemonError("the model is still loading; try again in a moment")
@@ -99,8 +99,8 @@ class Daemon:
             self.writer.close()
 
     async def _load_model(self) -> None:
-        from .pipeline import CaptionEngine
-        from .transcribe import load_transcriber
+        from daemon.live.engine import CaptionEngine
+        from daemon.model.transcriber import load_transcriber
 
         c = self.config
         t0 = time.monotonic()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .errors import AudioError
+from daemon.errors import AudioError
 
 
 @dataclass(frozen=True)

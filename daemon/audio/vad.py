@@ -2,17 +2,17 @@
 
 State machine, one fixed-size frame per `Segmenter.push`:
 
-    idle ──speech frame──▶ pending ──min_speech_frames speech frames──▶ open (SpeechStarted)
+    idle ──speech frame──▶ pending ──min_speech_frames speech frames──▶ open (SegmentOpened)
       ▲                       │                                            │
       └── SegmentDropped ◀────┴── end_silence_frames non-speech in a row ──┴──▶ SegmentClosed("silence")
 
 - idle keeps only a pre-roll ring (the last pre_roll_frames of audio), so a segment starts before its
   first speech frame and the first word is not clipped. Silence and noise never produce an event.
 - pending and open keep every frame. A pending segment that goes quiet is dropped (a blip), and its id is
-  not used up: segment ids count 0, 1, 2, ... over emitted segments and are assigned at SpeechStarted.
+  not used up: segment ids count 0, 1, 2, ... over emitted segments and are assigned at SegmentOpened.
 - An open segment longer than max_segment_samples is cut at the quietest block of its last split_search_s,
-  the reference's rule (daemon.audio.split_windows); the audio after the cut becomes the next segment, with
-  SpeechStarted emitted at once since speech is ongoing. Only if everything after the cut lies in the
+  the reference's rule (daemon.audio.windows.split_windows); the audio after the cut becomes the next segment, with
+  SegmentOpened emitted at once since speech is ongoing. Only if everything after the cut lies in the
   current run of non-speech frames does the segmenter go idle instead (that tail is kept as pre-roll).
 - Pre-roll never reaches back before the end of the previous emitted segment, so emitted segments do not
   overlap, and across a max-length cut their audio is contiguous (no sample lost or repeated).
@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import webrtcvad
 
-from .audio import _quietest_block
+from daemon.audio.windows import quietest_block
 
 VAD_SAMPLE_RATES = (8000, 16000, 32000, 48000)  # what webrtcvad accepts
 VAD_FRAME_MS = (10, 20, 30)
@@ -48,8 +48,8 @@ class VadOptions:
     # segmenting (times are rounded up to whole frames)
     pre_roll_ms: int = 300  # audio kept before the first speech frame
     end_silence_ms: int = 600  # this much non-speech in a row closes a segment
-    min_speech_ms: int = 250  # speech needed before SpeechStarted; shorter segments are dropped
-    # long segments, cut like the reference (daemon.audio.split_windows)
+    min_speech_ms: int = 250  # speech needed before SegmentOpened; shorter segments are dropped
+    # long segments, cut like the reference (daemon.audio.windows.split_windows)
     max_segment_s: float = 35.0
     split_search_s: float = 5.0  # the cut is in the last split_search_s of a full segment
     split_block_samples: int = 1600  # ... at the start of its quietest block of this size
@@ -108,7 +108,7 @@ class VadOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class SpeechStarted:
+class SegmentOpened:
     """Segment `segment` holds speech; its audio begins at sample `start` (pre-roll included)."""
 
     segment: int
@@ -128,14 +128,14 @@ class SegmentClosed:
 
 @dataclass(frozen=True, slots=True)
 class SegmentDropped:
-    """A segment closed before min_speech_ms of speech; no SpeechStarted was sent and its id is reused."""
+    """A segment closed before min_speech_ms of speech; no SegmentOpened was sent and its id is reused."""
 
     segment: int
     start: int
     end: int
 
 
-SegmentEvent = SpeechStarted | SegmentClosed | SegmentDropped
+SegmentEvent = SegmentOpened | SegmentClosed | SegmentDropped
 
 
 class Segmenter:
@@ -156,7 +156,7 @@ class Segmenter:
         self._buf: npt.NDArray[np.float32] | None = None  # open: segment audio in _buf[:_n]
         self._n = 0
         self._start = 0
-        self._segment: int | None = None  # set once SpeechStarted is sent
+        self._segment: int | None = None  # set once SegmentOpened is sent
         self._n_speech = 0
         self._n_trailing = 0  # non-speech frames since the last speech frame
 
@@ -164,12 +164,12 @@ class Segmenter:
 
     @property
     def is_open(self) -> bool:
-        """True while a segment is open, whether or not SpeechStarted was sent for it yet."""
+        """True while a segment is open, whether or not SegmentOpened was sent for it yet."""
         return self._buf is not None
 
     @property
     def current_segment(self) -> int | None:
-        """Id of the open segment once SpeechStarted was sent for it; None when idle or still pending."""
+        """Id of the open segment once SegmentOpened was sent for it; None when idle or still pending."""
         return self._segment
 
     @property
@@ -263,9 +263,9 @@ class Segmenter:
             events.append(self._close("silence"))
         return events
 
-    def _confirm(self) -> SpeechStarted:
+    def _confirm(self) -> SegmentOpened:
         self._segment, self._next_id = self._next_id, self._next_id + 1
-        return SpeechStarted(self._segment, self._start)
+        return SegmentOpened(self._segment, self._start)
 
     def _cut(self) -> list[SegmentEvent]:
         """Close the full segment at its quietest block (the reference's rule); carry the rest on."""
@@ -273,7 +273,7 @@ class Segmenter:
         o = self.options
         events: list[SegmentEvent] = [] if self._segment is not None else [self._confirm()]
         hi = o.max_segment_samples
-        cut = _quietest_block(self._buf[: self._n], hi - o.split_search_samples, hi, o.split_block_samples)
+        cut = quietest_block(self._buf[: self._n], hi - o.split_search_samples, hi, o.split_block_samples)
         rest = self._buf[cut : self._n].copy()
         events.append(self._emit_closed(cut, "max_length"))
         if len(rest) <= self._n_trailing * o.frame_samples:  # nothing but non-speech after the cut

@@ -6,13 +6,13 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict
 
-from .transcribe import Segment
+from daemon.model.segment import Segment
 
 FORMATS = ("text", "json", "srt", "vtt")
 
 
 def _clock(seconds: float, sep: str) -> str:
-    ms = int(round(seconds * 1000))
+    ms = round(seconds * 1000)
     h, rem = divmod(ms, 3_600_000)
     m, rem = divmod(rem, 60_000)
     s, ms = divmod(rem, 1000)

@@ -13,9 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "demo"
+from daemon.errors import ConfigError
+from daemon.model.locate import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -65,14 +64,14 @@ class DaemonConfig:
                 raise ConfigError(msg)
 
     def vad_options(self):  # -> VadOptions
-        from .vad import VadOptions
+        from daemon.audio.vad import VadOptions
 
         return VadOptions(aggressiveness=self.vad_aggressiveness, pre_roll_ms=self.pre_roll_ms,
                           end_silence_ms=self.end_silence_ms, min_speech_ms=self.min_speech_ms,
                           min_level_dbfs=self.min_level_dbfs)
 
     def decode_options(self):  # -> DecodeOptions
-        from .decode import DecodeOptions
+        from daemon.model.decode import DecodeOptions
 
         return DecodeOptions(language=self.language, punctuation=self.punctuation,
                              max_new_tokens=self.max_new_tokens, loop_guard=True)
@@ -115,5 +114,5 @@ def _check_type(name: str, value: Any) -> None:
     kinds: tuple[type, ...] = (type(default),) if default is not None else (str, int, float)
     if isinstance(default, float):
         kinds = (int, float)
-    if isinstance(value, bool) and not isinstance(default, bool) or not isinstance(value, kinds):
+    if (isinstance(value, bool) and not isinstance(default, bool)) or not isinstance(value, kinds):
         raise ConfigError(f"{name} must be {kinds[0].__name__}, not {type(value).__name__} ({value!r})")

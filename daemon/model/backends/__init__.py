@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import platform
 
-from ..bundle import Bundle
-from ..errors import ConfigError
+from daemon.errors import ConfigError
+from daemon.model.bundle import Bundle
+
 from .base import Backend, EncoderOutput, Session
 
-__all__ = ["Backend", "EncoderOutput", "Session", "default_backend", "get_backend", "BACKENDS"]
+__all__ = ["BACKENDS", "Backend", "EncoderOutput", "Session", "default_backend", "get_backend"]
 
 BACKENDS = ("onnx", "coreml")
 

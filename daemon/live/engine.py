@@ -19,12 +19,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
-from .config import DaemonConfig
-from .decode import DecodeOptions, DecodeResult
-from .messages import Event, Final, Partial, Settings, SpeechStarted, SpeechStopped, Status
-from .transcribe import Transcriber
-from .vad import SegmentClosed, SegmentDropped, Segmenter
-from .vad import SpeechStarted as VadSpeechStarted
+from daemon.audio.vad import SegmentClosed, SegmentDropped, Segmenter, SegmentOpened
+from daemon.live.config import DaemonConfig
+from daemon.live.messages import Event, Final, Partial, Settings, SpeechStarted, SpeechStopped, Status
+from daemon.model.decode import DecodeOptions, DecodeResult
+from daemon.model.transcriber import Transcriber
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ class CaptionEngine:
 
     def configure(self, language: str | None, punctuation: bool | None, announce: bool = True) -> Settings:
         """Change the daemon-wide language/punctuation (validated against the bundle); announce it."""
-        from .decode import build_prompt
+        from daemon.model.decode import build_prompt
 
         lang = self.settings.language if language is None else language
         pnc = self.settings.punctuation if punctuation is None else punctuation
@@ -147,9 +146,9 @@ class CaptionEngine:
             log.warning(msg)
             self.emit(Status("warning", "silent_microphone", msg))
 
-    def _handle(self, events: list) -> None:  # noqa: ANN001 - vad events
+    def _handle(self, events: list) -> None:
         for ev in events:
-            if isinstance(ev, VadSpeechStarted):
+            if isinstance(ev, SegmentOpened):
                 self._open = _Open(ev.segment, ev.start)
                 self.emit(SpeechStarted(ev.segment, ev.start / self.sample_rate))
             elif isinstance(ev, SegmentClosed):

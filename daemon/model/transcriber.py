@@ -1,36 +1,29 @@
-"""Offline transcription: audio → windows ≤ 35 s → features → encoder → greedy decode → text segments."""
+"""The transcriber: one loaded model; samples → windows → features → encoder → greedy decode → text segments."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
 
-from .audio import split_windows
-from .backends import Backend
-from .bundle import Bundle, encoder_frames
-from .decode import DecodeOptions, DecodeResult, build_prompt, greedy_decode, resolve_max_new_tokens
-from .errors import AudioError
-from .features import log_mel, pad_frames
-from .tokenizer import Tokenizer
-from .vad import VadOptions, speech_spans
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One transcribed window."""
-
-    start: float  # seconds from the start of the audio
-    end: float
-    text: str
-    language: str
-    tokens: tuple[int, ...]  # generated ids, without prompt and EOS
-    logprobs: tuple[float, ...]  # log-probability of each generated token
-    stop_reason: str  # "eos" or "max_new_tokens"
+from daemon.audio.windows import split_windows
+from daemon.errors import AudioError
+from daemon.model.backends import Backend
+from daemon.model.bundle import Bundle, encoder_frames
+from daemon.model.decode import (
+    DecodeOptions,
+    DecodeResult,
+    build_prompt,
+    greedy_decode,
+    resolve_max_new_tokens,
+)
+from daemon.model.features import log_mel, pad_frames
+from daemon.model.segment import Segment
+from daemon.model.tokenizer import Tokenizer
 
 
 class Transcriber:
@@ -88,21 +81,22 @@ class Transcriber:
         """Split audio longer than the model's window at the quietest point near each boundary."""
         sr = self.sample_rate
         b = self.bundle
-        return split_windows(samples, int(round(b.max_window_seconds * sr)),
-                             int(round(b.split_search_seconds * sr)), b.split_window_samples)
+        return split_windows(samples, round(b.max_window_seconds * sr),
+                             round(b.split_search_seconds * sr), b.split_window_samples)
 
     def transcribe(self, samples: npt.NDArray[np.float32], options: DecodeOptions,
-                   timings: dict[str, float] | None = None, vad: VadOptions | None = None) -> Iterator[Segment]:
+                   timings: dict[str, float] | None = None,
+                   spans: list[tuple[int, int]] | None = None) -> Iterator[Segment]:
         """Transcribe audio of any length, one Segment per window, in order.
 
         timings: when given, seconds per stage are added to it ("features", "encoder", "decoder", "detokenize").
-        vad: when given, the windows are the speech segments found by the VAD (as `serve` cuts them) instead
-            of ≤ 35 s windows of everything; silence then gives no segment at all.
+        spans: when given, the [start, end) sample spans to transcribe (for example the speech segments that
+            daemon.audio.vad.speech_spans finds, as `serve` cuts them) instead of ≤ 35 s windows of everything.
         """
         if samples.shape[0] == 0:
             raise AudioError("the audio is empty")
         sr = self.sample_rate
-        spans = self.windows(samples) if vad is None else speech_spans(samples, vad)
+        spans = self.windows(samples) if spans is None else spans
         for start, end in spans:
             _, result = self.transcribe_window(samples[start:end], options, timings=timings)
             with _stage(timings, "detokenize"):
@@ -126,8 +120,8 @@ def _stage(timings: dict[str, float] | None, name: str) -> Iterator[None]:
 
 def load_transcriber(model: str | Bundle, backend: str | None = None, dither: float | None = None) -> Transcriber:
     """Load a bundle (folder or already validated) with its tokenizer and a backend (None: the default here)."""
-    from .backends import get_backend
-    from .bundle import load_bundle
+    from daemon.model.backends import get_backend
+    from daemon.model.bundle import load_bundle
 
     bundle = model if isinstance(model, Bundle) else load_bundle(model)
     tokenizer = Tokenizer(bundle.tokenizer_path)

@@ -19,8 +19,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from .errors import DaemonError
-from .messages import BadMessage, Command, Error, Event, Final, Hello, parse_command
+from daemon.errors import DaemonError
+from daemon.live.messages import BadMessage, Command, Error, Event, Final, Hello, parse_command
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Output: transcript formats (text, json, srt, vtt) and live JSONL transcripts."""
