@@ -7,6 +7,7 @@ checkpoint is exported again and must give the same bundle.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -18,12 +19,11 @@ import pytest
 import sentencepiece as spm
 import soundfile as sf
 from coreml_checks import expected, io_of, weight_bytes
-from helpers import hf_greedy, prompt_ids
+from reference import hf_greedy, prompt_ids
 
 from daemon.model.decode import DecodeOptions
 from daemon.model.transcriber import load_transcriber
 from exporter.demo import grammar, synth
-import itertools
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "demo"
@@ -99,7 +99,9 @@ def test_daemon_tokens_equal_transformers_generate(clips) -> None:
 
 
 def test_export_is_deterministic_and_coreml_passes_the_spec(clips, tmp_path) -> None:
-    """Re-export the committed checkpoint: byte-identical ONNX files, same tokens; Core ML I/O and weights."""
+    """Re-export the committed checkpoint: the same ONNX files giving the same tokens and log-probabilities
+    (within 1e-4: torch's constant folding differs in the last bits from one CPU to another, so bytes are not
+    compared); Core ML I/O and weights."""
     shipped = json.loads((DEMO / "manifest.json").read_text())
     buckets = ",".join(map(str, shipped["encoder"]["buckets"]))
     out = tmp_path / "again"
@@ -107,12 +109,14 @@ def test_export_is_deterministic_and_coreml_passes_the_spec(clips, tmp_path) -> 
                     "--buckets", buckets], check=True, capture_output=True, cwd=ROOT, timeout=600)
     again = json.loads((out / "manifest.json").read_text())
     onnx_files = {f: h for f, h in shipped["files"].items() if f.startswith("onnx/")}
-    assert onnx_files and {f: again["files"][f] for f in onnx_files} == onnx_files
+    assert onnx_files and sorted(f for f in again["files"] if f.startswith("onnx/")) == sorted(onnx_files)
     assert again["tokens"] == shipped["tokens"] and again["prompt"] == shipped["prompt"]
     a, b = load_transcriber(str(DEMO), "onnx", dither=0.0), load_transcriber(str(out), "onnx", dither=0.0)
     for _, x in clips["en"][:5] + clips["es"][:5]:
         opts = DecodeOptions(language="en")
-        assert a.transcribe_window(x, opts)[1].tokens == b.transcribe_window(x, opts)[1].tokens
+        ra, rb = a.transcribe_window(x, opts)[1], b.transcribe_window(x, opts)[1]
+        assert ra.tokens == rb.tokens
+        assert np.max(np.abs(np.subtract(ra.logprobs, rb.logprobs)), initial=0.0) <= 1e-4
     # Core ML (the shipped files): names, shapes and dtypes from config.json; INT8 encoder, FP16 decoder
     enc_in, enc_out, dec_in, dec_out = expected(CKPT, "float16")
     assert io_of(DEMO / "coreml/encoder_3500.mlpackage") == (enc_in, enc_out)
