@@ -1,70 +1,109 @@
 """cohere-transcribe (python -m daemon) serve | transcribe | devices | export-transcript — argparse → options → run.
 
-Errors the user can fix are one line on stderr and exit code 2, never a traceback.
+Errors the user can fix are one line on stderr and exit code 2, never a traceback. The flags `transcribe` and
+`serve` share are defined once (`_model_flags`), and every default shown in the help is read from DaemonConfig,
+whose VAD defaults are VadOptions'.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
 
 from daemon.errors import DaemonError
-from daemon.model.locate import DEFAULT_MODEL
+from daemon.live.config import field_default
+from daemon.model.backends import BACKENDS
+from daemon.model.locate import ENV_VAR
+
+MODEL_HELP = (f"bundle folder (default: ${ENV_VAR}, else the demo model: the checkout's models/demo, the one "
+              f"installed with the package, or ~/.local/share/cohere-transcribe/models/demo)")
+
+
+def _prog() -> str:
+    name = Path(sys.argv[0]).name
+    return "python -m daemon" if name.endswith(".py") or not name else name
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m daemon", description="Live captions with Cohere Transcribe.")
+    from daemon import __version__
+    from daemon.output.formats import FORMATS
+
+    ap = argparse.ArgumentParser(prog=_prog(), description="Live captions with Cohere Transcribe.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("transcribe", help="transcribe audio files")
     t.add_argument("files", nargs="+", metavar="FILE", help="audio files (any format soundfile reads)")
-    t.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle folder (default: the bundled demo model)")
-    t.add_argument("--backend", choices=["onnx", "coreml"], default=None,
-                   help="runtime (default: coreml on macOS when the bundle has it, else onnx)")
-    t.add_argument("--language", default="en", help="language code, e.g. en, es, fr (default: en)")
-    t.add_argument("--no-punctuation", action="store_true", help="lower-case text without punctuation")
-    t.add_argument("--max-new-tokens", type=int, default=None, help="token budget per 35 s window")
+    _model_flags(t, serve=False)
     t.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-text (benchmarks)")
     t.add_argument("--eos-bias", type=float, default=None, help="added to the end-of-text logit (default 0)")
-    t.add_argument("--dither", type=float, default=None,
-                   help="dither std added before features (default: the bundle's, 1e-5; 0 turns it off)")
     t.add_argument("--vad", action="store_true",
                    help="transcribe only speech, one segment per utterance, cut at pauses as `serve` does "
                         "(webrtcvad); without it: ≤ 35 s windows of everything")
-    t.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text")
+    t.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
     _serve_parser(sub)
     sub.add_parser("devices", help="list audio input devices")
     e = sub.add_parser("export-transcript", help="convert a JSONL transcript to srt, vtt or text")
     e.add_argument("file", metavar="FILE.jsonl")
-    e.add_argument("--format", choices=["srt", "vtt", "text"], default="srt")
+    e.add_argument("--format", choices=[f for f in FORMATS if f != "json"], default="srt",
+                   help="output format (default: srt)")
     return ap
 
 
-def _serve_parser(sub: argparse._SubParsersAction) -> None:
+def _with_default(text: str, name: str) -> str:
+    """A help string ending in the field's default, read from DaemonConfig (None: the text says it; an on/off
+    flag's default is that it is off)."""
+    default = field_default(name)
+    return text if default is None or isinstance(default, bool) else f"{text} (default: {default})"
+
+
+def _model_flags(p: argparse.ArgumentParser, serve: bool) -> None:
+    """The flags of `transcribe` and `serve`: model, runtime, decoding. `serve` leaves them None so its TOML
+    file can set them; `transcribe` takes DaemonConfig's defaults."""
+
+    def a(*flags: str, dest: str, help: str, **kw: Any) -> None:
+        p.add_argument(*flags, dest=dest, default=None if serve else field_default(dest),
+                       help=_with_default(help, dest), **kw)
+
+    a("--model", dest="model", help=MODEL_HELP)
+    a("--backend", dest="backend", choices=BACKENDS,
+      help="runtime (default: coreml on macOS when the bundle has it, else onnx)")
+    a("--language", dest="language", help="language code, e.g. en, es, fr")
+    a("--no-punctuation", dest="punctuation", action="store_const", const=False,
+      help="lower-case text without punctuation")
+    a("--max-new-tokens", dest="max_new_tokens", type=int,
+      help="token budget per window or segment (default: the bundle's)")
+    a("--dither", dest="dither", type=float,
+      help="dither std added before features (default: the bundle's, 1e-5; 0 turns it off)")
+    a("--verify", dest="verify", action="store_const", const=True,
+      help="verify every file's checksum now, even files verified before")
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("serve", help="listen to a source and stream live captions to websocket clients",
                        description="Every flag is also a key of the --config TOML file (flags win).")
-    a = s.add_argument
-    a("--config", help="TOML file with any of these options (e.g. end_silence_ms = 800)")
-    a("--model", help="bundle folder (default: the bundled demo model)")
-    a("--backend", choices=["onnx", "coreml"], help="runtime (default: coreml on macOS when available, else onnx)")
-    a("--source", help="mic (default), an audio file, or - for raw s16le mono PCM on stdin")
-    a("--device", help="microphone name (substring) or index; see `python -m daemon devices`")
-    a("--fast", action="store_const", const=True, help="file source: as fast as possible, not real time")
-    a("--rate", type=int, help="sample rate of stdin PCM (default 16000)")
-    a("--host", help="address to listen on (default 127.0.0.1: this machine only)")
-    a("--port", type=int, help="port for websockets and GET /health (default 8765)")
-    a("--language", help="language code (default en)")
-    a("--no-punctuation", dest="punctuation", action="store_const", const=False,
-      help="lower-case captions without punctuation")
-    a("--max-new-tokens", type=int, help="token budget per segment")
-    a("--dither", type=float, help="input dither (default: the bundle's 1e-5; 0 turns it off)")
-    a("--vad-aggressiveness", type=int, choices=range(4), help="webrtcvad mode 0-3 (default 3)")
-    a("--pre-roll-ms", type=int, help="audio kept before speech onset (default 300)")
-    a("--end-silence-ms", type=int, help="silence that ends a segment (default 600)")
-    a("--min-speech-ms", type=int, help="segments with less speech are dropped (default 250)")
-    a("--min-level-dbfs", type=float, help="frames quieter than this are not speech (default -45)")
-    a("--partial-interval-ms", type=int, help="re-decode the open segment this often (default 500)")
-    a("--transcripts", help="folder for live JSONL transcripts (one line per final)")
-    a("--log-level", help="DEBUG, INFO (default), WARNING or ERROR")
+
+    def a(flag: str, help: str, **kw: Any) -> None:
+        dest = flag.removeprefix("--").replace("-", "_")
+        s.add_argument(flag, help=_with_default(help, dest), **kw)
+
+    s.add_argument("--config", help="TOML file with any of these options (e.g. end_silence_ms = 800)")
+    _model_flags(s, serve=True)
+    a("--source", "mic, an audio file, or - for raw s16le mono PCM on stdin")
+    a("--device", "microphone name (substring) or index; see the `devices` command")
+    a("--fast", "file source: as fast as possible, not real time", action="store_const", const=True)
+    a("--rate", "sample rate of stdin PCM", type=int)
+    a("--host", "address to listen on; 127.0.0.1 is this machine only")
+    a("--port", "port for websockets and GET /health", type=int)
+    a("--vad-aggressiveness", "webrtcvad mode 0-3", type=int, choices=range(4))
+    a("--pre-roll-ms", "audio kept before speech onset", type=int)
+    a("--end-silence-ms", "silence that ends a segment", type=int)
+    a("--min-speech-ms", "segments with less speech are dropped", type=int)
+    a("--min-level-dbfs", "frames quieter than this are not speech", type=float)
+    a("--partial-interval-ms", "re-decode the open segment this often", type=int)
+    a("--transcripts", "folder for live JSONL transcripts (one line per final)")
+    a("--log-level", "DEBUG, INFO, WARNING or ERROR")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -75,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
     return run_daemon(build_config(cli, args.config))
 
 
-def _devices() -> int:
+def _devices(args: argparse.Namespace) -> int:
     from daemon.live.capture import list_devices
 
     lines = list_devices()
@@ -87,11 +126,12 @@ def _transcribe(args: argparse.Namespace) -> int:
     from daemon.audio.files import load_audio
     from daemon.audio.vad import VadOptions, speech_spans
     from daemon.model.decode import DecodeOptions
+    from daemon.model.locate import default_model
     from daemon.model.transcriber import load_transcriber
     from daemon.output.formats import render
 
-    tr = load_transcriber(args.model, args.backend, args.dither)
-    options = DecodeOptions(language=args.language, punctuation=not args.no_punctuation,
+    tr = load_transcriber(args.model or default_model(), args.backend, args.dither, verify=args.verify)
+    options = DecodeOptions(language=args.language, punctuation=args.punctuation,
                             max_new_tokens=args.max_new_tokens, ignore_eos=args.ignore_eos,
                             eos_logit_bias=args.eos_bias)
     vad = VadOptions(sample_rate=tr.sample_rate) if args.vad else None
@@ -103,24 +143,24 @@ def _transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_transcript(args: argparse.Namespace) -> int:
+    from daemon.output.transcripts import export_transcript
+
+    sys.stdout.write(export_transcript(args.file, args.format))
+    return 0
+
+
+COMMANDS = {"transcribe": _transcribe, "serve": _serve, "devices": _devices,
+            "export-transcript": _export_transcript}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the return value is the exit status (0 ok, 2 a mistake to fix, 130 interrupted)."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "transcribe":
-            return _transcribe(args)
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "devices":
-            return _devices()
-        if args.command == "export-transcript":
-            from daemon.output.transcripts import export_transcript
-
-            sys.stdout.write(export_transcript(args.file, args.format))
-            return 0
+        return int(COMMANDS[args.command](args))
     except DaemonError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 1
-

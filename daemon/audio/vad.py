@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import webrtcvad
 
+from daemon.audio import FRAME_MS, SAMPLE_RATE
 from daemon.audio.windows import quietest_block
 
 VAD_SAMPLE_RATES = (8000, 16000, 32000, 48000)  # what webrtcvad accepts
@@ -40,11 +41,13 @@ IsSpeech = Callable[[bytes, int], bool]  # (16-bit little-endian PCM frame, samp
 
 @dataclass(frozen=True)
 class VadOptions:
+    """The segmenter's settings; these defaults are the only copy (DaemonConfig and the CLI help read them)."""
+
     # detector
     aggressiveness: int = 3  # webrtcvad mode, 0 (lenient) to 3 (strict)
-    frame_ms: int = 30  # 10, 20 or 30: the frame size push() takes
+    frame_ms: int = FRAME_MS  # 10, 20 or 30: the frame size push() takes
     min_level_dbfs: float = -45.0  # frames with RMS below this (re 1.0) are non-speech; -inf disables
-    sample_rate: int = 16000  # 8000, 16000, 32000 or 48000
+    sample_rate: int = SAMPLE_RATE  # 8000, 16000, 32000 or 48000
     # segmenting (times are rounded up to whole frames)
     pre_roll_ms: int = 300  # audio kept before the first speech frame
     end_silence_ms: int = 600  # this much non-speech in a row closes a segment
@@ -75,8 +78,9 @@ class VadOptions:
         # A segment must hold its pre-roll and first frame, and the audio left after a cut must fit in one.
         need = max(self.pre_roll_frames * self.frame_samples, self.split_search_samples) + self.frame_samples
         if self.max_segment_samples < need:
-            raise ValueError(f"max_segment_s={self.max_segment_s} is too short: it must hold "
-                             f"max(pre-roll, split_search_s) plus one frame ({need} samples)")
+            raise ValueError(f"pre_roll_ms={self.pre_roll_ms} and split_search_s={self.split_search_s} do not fit "
+                             f"a segment of max_segment_s={self.max_segment_s}: the longer of them plus one "
+                             f"frame must fit")
 
     @property
     def frame_samples(self) -> int:
@@ -104,7 +108,7 @@ class VadOptions:
 
     @property
     def min_level_rms(self) -> float:
-        return 10.0 ** (self.min_level_dbfs / 20.0)  # 0.0 for -inf: the gate never fires
+        return float(10.0 ** (self.min_level_dbfs / 20.0))  # 0.0 for -inf: the gate never fires
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +221,17 @@ class Segmenter:
         if not self.is_open:
             return []
         return [self._close("flush")]
+
+    def skip(self, n_samples: int) -> list[SegmentEvent]:
+        """Advance the stream clock over n_samples that are not pushed (captioning paused): the open segment
+        is flushed first (its events are returned), and the pre-roll is forgotten, since it would no longer
+        be contiguous with what comes next. Later segments keep their true positions on the stream."""
+        if n_samples < 0:
+            raise ValueError(f"cannot skip a negative number of samples ({n_samples})")
+        events = self.flush()
+        self._ring = np.zeros(0, np.float32)
+        self._n_samples_seen += n_samples
+        return events
 
     # -- steps --------------------------------------------------------------------------------------
 

@@ -1,44 +1,62 @@
 """DaemonConfig: every `serve` option, from defaults ← a TOML file (`--config`) ← command-line flags.
 
 Each field is both a flag (`--end-silence-ms 600`) and a TOML key (`end_silence_ms = 600`, dashes also
-accepted); the drift-guard test keeps the two in step. Stage options (VadOptions, DecodeOptions) are derived
-from it, never stored twice.
+accepted); the drift-guard test keeps the two in step. The VAD fields take their defaults from VadOptions, the
+one home of those numbers. A DaemonConfig is checked whole when it is made: value types against the field
+annotations, ranges, and the stage options (VadOptions, DecodeOptions) built once, so a bad value is a
+ConfigError before anything is loaded.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
-from dataclasses import dataclass, fields
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from daemon.audio import SAMPLE_RATE
+from daemon.audio.vad import VadOptions
 from daemon.errors import ConfigError
-from daemon.model.locate import DEFAULT_MODEL
+from daemon.model.backends import BACKENDS
+from daemon.model.decode import DecodeOptions
+from daemon.model.locate import default_model
+
+if TYPE_CHECKING:
+    from daemon.model.bundle import Bundle
+
+_VAD = VadOptions()  # the VAD defaults
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _default_model() -> str:
+    return str(default_model())
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    """All options of `python -m daemon serve` (see the flag help for each)."""
+    """All options of `cohere-transcribe serve` (see the flag help for each)."""
 
     # model
-    model: str = str(DEFAULT_MODEL)
+    model: str = field(default_factory=_default_model)  # resolved when made: daemon.model.locate
     backend: str | None = None  # onnx | coreml; None: coreml on macOS when the bundle has it, else onnx
     language: str = "en"
     punctuation: bool = True
-    max_new_tokens: int | None = None
+    max_new_tokens: int | None = None  # None: the bundle's
     dither: float | None = None  # None: the bundle's (1e-5); 0 turns it off
+    verify: bool = False  # checksum every file of the selected backend now, even files verified before
     # audio source
     source: str = "mic"  # mic | a file path | - (raw s16le mono PCM on stdin)
     device: str | None = None  # microphone name (substring) or index
     fast: bool = False  # file source: as fast as possible instead of real time
-    rate: int = 16000  # stdin sample rate
+    rate: int = SAMPLE_RATE  # stdin sample rate
     # voice activity detection
-    vad_aggressiveness: int = 3
-    pre_roll_ms: int = 300
-    end_silence_ms: int = 600
-    min_speech_ms: int = 250
-    min_level_dbfs: float = -45.0
+    vad_aggressiveness: int = _VAD.aggressiveness
+    pre_roll_ms: int = _VAD.pre_roll_ms
+    end_silence_ms: int = _VAD.end_silence_ms
+    min_speech_ms: int = _VAD.min_speech_ms
+    min_level_dbfs: float = _VAD.min_level_dbfs
     # captions
     partial_interval_ms: int = 500
     # server
@@ -48,44 +66,89 @@ class DaemonConfig:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            check_type(f.name, getattr(self, f.name))
         checks = [
-            (self.backend in (None, "onnx", "coreml"), f"backend must be onnx or coreml, not {self.backend!r}"),
-            (0 <= self.vad_aggressiveness <= 3, "vad_aggressiveness must be 0..3"),
-            (self.pre_roll_ms >= 0, "pre_roll_ms must be ≥ 0"),
-            (self.end_silence_ms >= 30, "end_silence_ms must be ≥ 30"),
-            (self.min_speech_ms >= 0, "min_speech_ms must be ≥ 0"),
-            (self.partial_interval_ms >= 50, "partial_interval_ms must be ≥ 50"),
-            (0 <= self.port <= 65535, "port must be 0..65535"),
-            (self.rate >= 8000, "rate must be ≥ 8000 Hz"),
-            (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level: DEBUG|INFO|WARNING|ERROR"),
+            (self.backend is None or self.backend in BACKENDS,
+             f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}"),
+            (self.partial_interval_ms >= 50, f"partial_interval_ms must be ≥ 50, not {self.partial_interval_ms}"),
+            (0 <= self.port <= 65535, f"port must be 0..65535, not {self.port}"),
+            (self.rate >= 8000, f"rate must be ≥ 8000 Hz, not {self.rate}"),
+            (self.log_level.upper() in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}, "
+                                                   f"not {self.log_level!r}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        try:  # the stages' own checks are the only copy of their rules
+            self.vad_options()
+            self.decode_options()
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
 
-    def vad_options(self):  # -> VadOptions
-        from daemon.audio.vad import VadOptions
-
+    def vad_options(self, bundle: Bundle | None = None) -> VadOptions:
+        """The segmenter's options; with a bundle, its sample rate and window limits replace the defaults."""
+        limits: dict[str, Any] = {}
+        if bundle is not None:
+            limits = {"sample_rate": bundle.features.sample_rate, "max_segment_s": bundle.max_window_seconds,
+                      "split_search_s": bundle.split_search_seconds,
+                      "split_block_samples": bundle.split_window_samples}
         return VadOptions(aggressiveness=self.vad_aggressiveness, pre_roll_ms=self.pre_roll_ms,
                           end_silence_ms=self.end_silence_ms, min_speech_ms=self.min_speech_ms,
-                          min_level_dbfs=self.min_level_dbfs)
+                          min_level_dbfs=self.min_level_dbfs, **limits)
 
-    def decode_options(self):  # -> DecodeOptions
-        from daemon.model.decode import DecodeOptions
-
+    def decode_options(self) -> DecodeOptions:
         return DecodeOptions(language=self.language, punctuation=self.punctuation,
                              max_new_tokens=self.max_new_tokens, loop_guard=True)
 
 
 FIELDS = {f.name: f for f in fields(DaemonConfig)}
+HINTS = typing.get_type_hints(DaemonConfig)
+
+
+def field_default(name: str) -> Any:
+    """A field's default as written in the class (None for `model`, whose default is found when run)."""
+    f = FIELDS[name]
+    return None if f.default is MISSING else f.default
+
+
+def check_type(name: str, value: Any) -> None:
+    """Raise ConfigError unless `value` fits the annotation of field `name` (bool is not an int here)."""
+    hint = HINTS[name]
+    optional = _is_union(hint)  # every union here is `X | None`
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)] if optional else [hint]
+    if (value is None and optional) or any(_fits(value, k) for k in kinds):
+        return
+    expected = " or ".join(k.__name__ for k in kinds)
+    hint_text = "; write it in quotes" if kinds == [str] and isinstance(value, (int, float)) else ""
+    raise ConfigError(f"{name} must be {expected}, not {type(value).__name__} ({value!r}){hint_text}")
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config; keys are DaemonConfig fields (dashes or underscores)."""
+    p = Path(path)
     try:
-        raw = tomllib.loads(Path(path).read_text())
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConfigError(f"config file {path} does not exist") from e
+    except IsADirectoryError as e:
+        raise ConfigError(f"config file {path} is a folder, not a TOML file") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (is it a TOML file?)") from e
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
     out = {}
@@ -98,21 +161,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(cli: dict[str, Any], config_file: str | None = None) -> DaemonConfig:
-    """Defaults ← TOML file ← flags given on the command line (None means "not given")."""
+    """Defaults ← TOML file ← flags given on the command line (None means "not given").
+
+    Raises:
+        ConfigError: for an unreadable file, an unknown key, a value of the wrong type or out of range.
+    """
     values = load_toml(config_file) if config_file else {}
     values.update({k: v for k, v in cli.items() if v is not None and k in FIELDS})
     for name, value in values.items():
-        _check_type(name, value)
-    try:
-        return dataclasses.replace(DaemonConfig(), **values)
-    except TypeError as e:
-        raise ConfigError(str(e)) from e
-
-
-def _check_type(name: str, value: Any) -> None:
-    default = FIELDS[name].default
-    kinds: tuple[type, ...] = (type(default),) if default is not None else (str, int, float)
-    if isinstance(default, float):
-        kinds = (int, float)
-    if (isinstance(value, bool) and not isinstance(default, bool)) or not isinstance(value, kinds):
-        raise ConfigError(f"{name} must be {kinds[0].__name__}, not {type(value).__name__} ({value!r})")
+        check_type(name, value)  # before the default model is looked for, so the first mistake is named
+    return DaemonConfig(**values)
