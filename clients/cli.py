@@ -19,6 +19,8 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from daemon import __version__
+
 DEFAULT_URL = "ws://127.0.0.1:8765"
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
@@ -189,6 +191,7 @@ def follow_line(printer: Printer, line: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"daemon websocket (default {DEFAULT_URL})")
     parser.add_argument("--partials", action="store_true", help="show partial captions too")
     parser.add_argument("--json", action="store_true", help="print the raw JSON of each message shown")

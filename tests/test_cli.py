@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import speech_clip
+
+from devtools.speech import speech_clip
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -129,12 +131,64 @@ def test_unreadable_and_empty_audio(tiny_bundles, tmp_path: Path) -> None:
     (["--source", "/nonexistent.wav"], ["no such audio file"]),
     (["--source", "mic", "--device", "no-such-microphone"], ["input device"]),
     (["--language", "xx"], ["unknown language 'xx'"]),
-    (["--end-silence-ms", "1"], ["end_silence_ms must be"]),
+    (["--end-silence-ms", "0"], ["end_silence_ms must be"]),
 ])
 def test_serve_errors_are_one_line(tiny_bundles, wav: Path, args: list[str], words: list[str]) -> None:
     base = ["--model", str(tiny_bundles["a"]), "--source", str(wav), "--port", "0"]
     r = subprocess.run([sys.executable, "-m", "daemon", "serve", *base, *args], capture_output=True, text=True,
-                       timeout=60, env={**__import__("os").environ, "HOME": "/nonexistent-home"})
+                       timeout=60, env={**os.environ, "HOME": "/nonexistent-home"})
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
     assert all(w in lines[0] for w in words), lines[0]
+
+
+def serve_before_loading(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`serve` with a model and source that do not exist: an error about them means the options passed."""
+    return subprocess.run([sys.executable, "-m", "daemon", "serve", "--model", "/nonexistent-model",
+                           "--source", "/nonexistent.wav", "--port", "0", *args],
+                          capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--min-level-dbfs", "5"], ["min_level_dbfs must be ≤ 0"]),
+    (["--pre-roll-ms", "40000"], ["pre_roll_ms=40000"]),
+    (["--end-silence-ms", "0"], ["end_silence_ms must be > 0"]),
+    (["--partial-interval-ms", "10"], ["partial_interval_ms must be ≥ 50"]),
+])
+def test_serve_rejects_bad_values_before_loading(args: list[str], words: list[str]) -> None:
+    one_line_error(serve_before_loading(*args), *words)
+
+
+@pytest.mark.parametrize("toml,words", [
+    ("transcripts = 5", ["transcripts must be str, not int"]),
+    ("device = 3", ["device must be str, not int"]),
+    ("backend = 2", ["backend must be str, not int"]),
+    ("max_new_tokens = 'many'", ["max_new_tokens must be int, not str"]),
+    ("dither = true", ["dither must be float, not bool"]),
+    ("min_level_dbfs = 5", ["min_level_dbfs must be ≤ 0"]),
+])
+def test_serve_rejects_bad_toml_before_loading(tmp_path: Path, toml: str, words: list[str]) -> None:
+    (tmp_path / "daemon.toml").write_text(toml + "\n")
+    one_line_error(serve_before_loading("--config", "daemon.toml", cwd=tmp_path), *words)
+
+
+def test_serve_config_that_is_not_a_toml_file(tmp_path: Path) -> None:
+    one_line_error(serve_before_loading("--config", str(tmp_path)), "is a folder")
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes(range(256)))
+    one_line_error(serve_before_loading("--config", str(binary)), "not UTF-8 text")
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    r = subprocess.run([sys.executable, "-m", "daemon", "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == ["python", "-m", "daemon", version("cohere-transcribe-daemon")]
+
+
+def test_model_from_the_environment(tmp_path: Path) -> None:
+    """$COHERE_TRANSCRIBE_MODEL is the default --model, read when the command runs."""
+    env = {**os.environ, "COHERE_TRANSCRIBE_MODEL": str(tmp_path / "my-bundle")}
+    r = subprocess.run([sys.executable, "-m", "daemon", "transcribe", str(tmp_path / "x.wav")], capture_output=True,
+                       text=True, timeout=60, env=env)
+    one_line_error(r, str(tmp_path / "my-bundle"), "not a folder")
