@@ -1,9 +1,15 @@
-"""CaptionEngine with a scripted model: partial/final rules, coalescing, commands (no audio device, no network)."""
+"""CaptionEngine with a scripted model and a fake tokenizer: partial/final rules, coalescing, commands, the pause
+clock, isolated delivery (no model files, no torch, no audio device, no network)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
+import threading
 import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,29 +19,72 @@ from daemon.live.config import DaemonConfig
 from daemon.live.engine import CaptionEngine
 from daemon.live.messages import Final, Partial, SpeechStarted, SpeechStopped, Status
 from daemon.model.decode import DecodeResult
-from daemon.model.transcriber import load_transcriber
-import itertools
 
 WORDS = "one two three four five six seven eight nine ten eleven twelve".split()
+SR = 16000
 FRAME = 480
 
 
+class FakeTokenizer:
+    """Words ↔ ids over a growing vocabulary, and the prompt pieces build_prompt asks for."""
+
+    PIECES = ("<|en|>", "<|es|>", "<|pnc|>", "<|nopnc|>", "<|startoftranscript|>")
+
+    def __init__(self) -> None:
+        self.vocab: list[str] = list(self.PIECES)
+
+    def has_piece(self, piece: str) -> bool:
+        return piece in self.vocab
+
+    def piece_id(self, piece: str) -> int:
+        return self.vocab.index(piece)
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for w in text.split():
+            if w not in self.vocab:
+                self.vocab.append(w)
+            ids.append(self.vocab.index(w))
+        return ids
+
+    def decode(self, ids: tuple[int, ...]) -> str:
+        return " ".join(self.vocab[i] for i in ids)
+
+
+@dataclass
 class ScriptedModel:
-    """Wraps a real tiny transcriber; decoding returns the first len(audio)/0.5 s words of WORDS."""
+    """Stands in for a Transcriber: decoding returns the first len(audio) / 0.5 s words of WORDS."""
 
-    def __init__(self, real, delay: float = 0.0, jitter_last: bool = True) -> None:
-        self.real, self.delay, self.jitter_last = real, delay, jitter_last
-        self.bundle, self.tokenizer = real.bundle, real.tokenizer
-        self.calls: list[int] = []
+    delay: float = 0.0
+    jitter_last: bool = True  # the last word flickers between decodes
+    calls: list[int] = field(default_factory=list)
+    sample_rate: int = SR
+    features: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(sample_rate=SR, hop_length=160))
+    bundle: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(
+        languages={"en": 0, "es": 1}, punctuation_pieces={"on": "<|pnc|>", "off": "<|nopnc|>"},
+        prompt_template=("<|startoftranscript|>", "<|{language}|>", "{punctuation}"),
+        features=SimpleNamespace(sample_rate=SR, hop_length=160), max_window_seconds=35.0,
+        split_search_seconds=5.0, split_window_samples=1600))
+    tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def transcribe_window(self, audio, options):
-        time.sleep(self.delay)
-        self.calls.append(len(audio))
-        n = max(1, min(len(WORDS), len(audio) // 8000))
-        words = WORDS[:n]
-        if self.jitter_last and len(self.calls) % 2:  # the last word flickers between decodes
-            words = [*words[:-1], words[-1].upper()]
-        return [], DecodeResult(tuple(self.tokenizer.encode(" ".join(words))), (), "eos")
+    def transcribe_window(self, audio: np.ndarray, options: object) -> tuple[list[int], DecodeResult]:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.delay)
+            self.calls.append(len(audio))
+            n = max(1, min(len(WORDS), len(audio) // 8000))
+            words = WORDS[:n]
+            if self.jitter_last and len(self.calls) % 2:
+                words = [*words[:-1], words[-1].upper()]
+            return [], DecodeResult(tuple(self.tokenizer.encode(" ".join(words))), (), "eos")
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
 
 def loud(frame: bytes, rate: int) -> bool:
@@ -44,38 +93,44 @@ def loud(frame: bytes, rate: int) -> bool:
 
 
 def speech(seconds: float) -> np.ndarray:
-    t = np.arange(int(seconds * 16000)) / 16000
+    t = np.arange(int(seconds * SR)) / SR
     return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
 
 
-async def run_engine(model, audio: np.ndarray, config: DaemonConfig, tick_every: int = 10) -> list:
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SR), np.float32)
+
+
+def frames(audio: np.ndarray) -> list[np.ndarray]:
+    return [audio[i : i + FRAME] for i in range(0, len(audio) - FRAME + 1, FRAME)]
+
+
+def engine_for(model: ScriptedModel, events: list) -> CaptionEngine:
+    return CaptionEngine(DaemonConfig(), model, events.append, is_speech=loud)
+
+
+async def run_engine(model: ScriptedModel, audio: np.ndarray, tick_every: int = 10) -> list:
+    """Push `audio` frame by frame with a tick every `tick_every` frames; finalize and drain."""
     events: list = []
-    engine = CaptionEngine(config, model, events.append, is_speech=loud)
+    engine = engine_for(model, events)
     worker = asyncio.create_task(engine.run_worker())
-    for i in range(0, len(audio) - FRAME + 1, FRAME):
-        engine.push(audio[i : i + FRAME])
-        if (i // FRAME) % tick_every == 0:
+    for i, frame in enumerate(frames(audio)):
+        engine.push(frame)
+        if i % tick_every == 0:
             engine.tick()
         await asyncio.sleep(0.002)
     engine.finalize()
-    await engine.drain()
+    await asyncio.wait_for(engine.drain(), 30)
     worker.cancel()
-    engine.close()
     return events
 
 
-@pytest.fixture(scope="module")
-def real(tiny_bundles):
-    return load_transcriber(str(tiny_bundles["a"]), "onnx", dither=0.0)
-
-
 def stream() -> np.ndarray:
-    silence = np.zeros(16000, np.float32)
-    return np.concatenate([silence, speech(3.0), silence, speech(2.0), silence])
+    return np.concatenate([silence(1), speech(3.0), silence(1), speech(2.0), silence(1)])
 
 
-def test_protocol_order_one_final_per_segment(real) -> None:
-    events = asyncio.run(run_engine(ScriptedModel(real), stream(), DaemonConfig()))
+def test_protocol_order_one_final_per_segment() -> None:
+    events = asyncio.run(run_engine(ScriptedModel(), stream()))
     kinds = [type(e) for e in events]
     assert kinds.count(SpeechStarted) == kinds.count(SpeechStopped) == kinds.count(Final) == 2
     for seg in (0, 1):
@@ -85,55 +140,83 @@ def test_protocol_order_one_final_per_segment(real) -> None:
         assert all(k is Partial for k in order[1:-2])
     finals = [e for e in events if isinstance(e, Final)]
     assert finals[0].start < finals[0].end <= finals[1].start < finals[1].end  # monotonic times
+    for f in finals:  # the final is the decode of the whole closed segment
+        assert f.text.lower() == " ".join(WORDS[: round((f.end - f.start) * SR) // 8000])
 
 
-def test_stable_prefix_only_grows_and_is_a_prefix(real) -> None:
-    events = asyncio.run(run_engine(ScriptedModel(real), stream(), DaemonConfig()))
+def test_stable_prefix_only_grows_and_the_text_never_repeats() -> None:
+    events = asyncio.run(run_engine(ScriptedModel(), stream()))
     partials = [e for e in events if isinstance(e, Partial) and e.segment == 0]
     assert len(partials) >= 2
     stables = [p.stable.split() for p in partials]
     for a, b in itertools.pairwise(stables):
         assert b[: len(a)] == a  # never rewritten
     assert len(stables[-1]) >= 3  # it did grow
-    assert all((p.stable + " " + p.unstable).split()[0] in ("one", "ONE") for p in partials)
+    for p in partials:
+        text = (p.stable + p.unstable).split()
+        assert "  " not in p.stable + p.unstable
+        assert [w.lower() for w in text] == WORDS[: len(text)]  # no word shown twice
 
 
-def test_partials_coalesce_and_finals_are_never_dropped(real) -> None:
-    model = ScriptedModel(real, delay=0.15)  # slower than audio arrives
-    audio = np.concatenate([np.concatenate([speech(1.2), np.zeros(12000, np.float32)]) for _ in range(6)])
-    events = asyncio.run(run_engine(model, audio, DaemonConfig(), tick_every=2))
+def test_partials_coalesce_and_finals_are_never_dropped() -> None:
+    """A model slower than the partial ticks: at most one partial waits, most requests are replaced, and
+    every request is accounted for (decoded, replaced by a newer one, or dropped when its segment closed)."""
+    model = ScriptedModel(delay=0.15)
+    audio = np.concatenate([np.concatenate([speech(1.2), silence(0.75)]) for _ in range(6)])
+
+    async def scenario() -> tuple[list, CaptionEngine, int]:
+        events: list = []
+        engine = engine_for(model, events)
+        worker = asyncio.create_task(engine.run_worker())
+        most_pending = 0
+        for i, frame in enumerate(frames(audio)):
+            engine.push(frame)
+            if i % 2 == 0:
+                engine.tick()
+            most_pending = max(most_pending, int(engine.jobs.partial_pending))
+            assert engine.jobs.depth <= 1 + sum(isinstance(e, SpeechStopped) for e in events)
+            await asyncio.sleep(0.002)
+        engine.finalize()
+        await asyncio.wait_for(engine.drain(), 30)
+        worker.cancel()
+        return events, engine, most_pending
+
+    events, engine, most_pending = asyncio.run(scenario())
     finals = [e for e in events if isinstance(e, Final)]
     assert [f.segment for f in finals] == list(range(6))
-    n_partial_requests = len(audio) // FRAME // 2
-    assert len(model.calls) < n_partial_requests  # coalesced: far fewer decodes than requests
+    q = engine.jobs
+    n_finals_decoded, n_partials_decoded = len(finals), len(model.calls) - len(finals)
+    assert most_pending == 1 and model.max_in_flight == 1
+    assert q.partials_requested == n_partials_decoded + q.partials_replaced + q.partials_dropped
+    assert n_finals_decoded == 6
+    assert q.partials_replaced >= q.partials_requested // 2  # the model is ~4× too slow: most are replaced
+    assert n_partials_decoded < q.partials_requested / 2
 
 
-def test_configure_validates_and_announces(real) -> None:
+def test_configure_validates_and_announces() -> None:
     events: list = []
-    engine = CaptionEngine(DaemonConfig(), real, events.append)
+    engine = engine_for(ScriptedModel(), events)
     engine.configure("es", False)
     assert engine.settings.language == "es" and not engine.settings.punctuation
     assert isinstance(events[-1], Status) and events[-1].settings == engine.settings
     with pytest.raises(ConfigError, match="unknown language"):
         engine.configure("xx", None)
     assert engine.settings.language == "es"
-    engine.close()
 
 
-def test_pause_finalizes_and_drops_audio(real) -> None:
+def test_pause_finalizes_and_drops_audio() -> None:
     async def scenario() -> list:
         events: list = []
-        engine = CaptionEngine(DaemonConfig(), ScriptedModel(real), events.append, is_speech=loud)
+        engine = engine_for(ScriptedModel(), events)
         worker = asyncio.create_task(engine.run_worker())
         s = speech(1.5)
-        for i in range(0, len(s), FRAME):
-            engine.push(s[i : i + FRAME])
+        for f in frames(s):
+            engine.push(f)
         engine.pause()
-        for i in range(0, len(s), FRAME):
-            engine.push(s[i : i + FRAME])  # ignored while paused
-        await engine.drain()
+        for f in frames(s):
+            engine.push(f)  # ignored while paused
+        await asyncio.wait_for(engine.drain(), 30)
         worker.cancel()
-        engine.close()
         return events
 
     events = asyncio.run(scenario())
@@ -141,30 +224,88 @@ def test_pause_finalizes_and_drops_audio(real) -> None:
     assert any(isinstance(e, Status) and e.code == "paused" for e in events)
 
 
-def test_silent_microphone_warning(real) -> None:
-    events: list = []
-    engine = CaptionEngine(DaemonConfig(), real, events.append)
-    for _ in range(int(5.1 * 16000 / FRAME)):
-        engine.push(np.zeros(FRAME, np.float32), check_silent_mic=True)
-    warnings = [e for e in events if isinstance(e, Status) and e.code == "silent_microphone"]
-    assert len(warnings) == 1 and warnings[0].level == "warning"
-    engine.close()
+def test_the_stream_clock_runs_on_while_paused() -> None:
+    """1 s of silence, 10 s paused, then speech at 11.0 s of the stream: it is reported at 11.0 s (the
+    segmenter's 300 ms pre-roll may reach back before it; a stopped clock would say 1.0 s)."""
+    async def scenario() -> list:
+        events: list = []
+        engine = engine_for(ScriptedModel(), events)
+        worker = asyncio.create_task(engine.run_worker())
+        for f in frames(silence(1.0)):
+            engine.push(f)
+        engine.pause()
+        for f in frames(speech(10.0)):
+            engine.push(f)
+        engine.resume()
+        for f in frames(np.concatenate([speech(1.5), silence(1.0)])):
+            engine.push(f)
+        await asyncio.wait_for(engine.drain(), 30)
+        worker.cancel()
+        return events
+
+    events = asyncio.run(scenario())
+    started = [e for e in events if isinstance(e, SpeechStarted)]
+    finals = [e for e in events if isinstance(e, Final)]
+    assert len(started) == len(finals) == 1
+    assert 10.7 - 1e-3 <= started[0].start <= 11.0 + 0.03, started  # ≤ pre-roll before, ≤ one frame after
+    assert 10.7 - 1e-3 <= finals[0].start <= 11.03 and 12.5 <= finals[0].end <= 13.2, finals
 
 
-def test_stable_plus_unstable_is_the_whole_text(real) -> None:
-    events = asyncio.run(run_engine(ScriptedModel(real, jitter_last=False), stream(), DaemonConfig()))
-    partials = [e for e in events if isinstance(e, Partial) and e.stable and e.unstable]
-    assert partials
-    for p in partials:
-        text = p.stable + p.unstable
-        assert text.split() == p.stable.split() + p.unstable.split() and "  " not in text
-
-
-def test_a_failed_decode_still_gives_one_final(real) -> None:
+def test_a_failed_decode_still_gives_one_final() -> None:
     class Broken(ScriptedModel):
-        def transcribe_window(self, audio, options):
+        def transcribe_window(self, audio: np.ndarray, options: object) -> tuple[list[int], DecodeResult]:
             raise RuntimeError("the runtime fell over")
 
-    events = asyncio.run(run_engine(Broken(real), stream(), DaemonConfig()))
+    events = asyncio.run(run_engine(Broken(), stream()))
     finals = [e for e in events if isinstance(e, Final)]
     assert [(f.text, f.stop_reason) for f in finals] == [("", "error"), ("", "error")]
+
+
+def test_an_emit_that_raises_does_not_stop_captions(caplog: pytest.LogCaptureFixture) -> None:
+    """The delivery of every final fails (a full disk, say): later segments are still decoded and every other
+    event still goes out; the failure is logged once, with its traceback, and kept as a warning."""
+    delivered: list = []
+
+    def emit(event: object) -> None:
+        if isinstance(event, Final):
+            raise OSError(28, "No space left on device")
+        delivered.append(event)
+
+    async def scenario() -> CaptionEngine:
+        engine = CaptionEngine(DaemonConfig(), ScriptedModel(), emit, is_speech=loud)
+        worker = asyncio.create_task(engine.run_worker())
+        for f in frames(np.concatenate([silence(0.5), *[np.concatenate([speech(1.0), silence(1.0)])] * 3])):
+            engine.push(f)
+            await asyncio.sleep(0)
+        engine.finalize()
+        await asyncio.wait_for(engine.drain(), 30)
+        worker.cancel()
+        return engine
+
+    with caplog.at_level(logging.ERROR, logger="daemon.live.engine"):
+        engine = asyncio.run(scenario())
+    assert sum(isinstance(e, SpeechStopped) for e in delivered) == 3
+    assert engine.jobs.depth == 0 and not engine.jobs.busy  # nothing stuck in the queue
+    assert engine.warnings == ["OSError delivering final: [Errno 28] No space left on device"]
+    records = [r for r in caplog.records if "delivering final" in r.getMessage()]
+    assert len(records) == 1 and records[0].exc_info is not None
+
+
+def test_drain_waits_for_the_last_final_without_polling() -> None:
+    """drain() returns right after the last final is emitted, however long the decode takes."""
+    async def scenario() -> tuple[list, float, float]:
+        events: list = []
+        engine = engine_for(ScriptedModel(delay=0.3), events)
+        worker = asyncio.create_task(engine.run_worker())
+        for f in frames(np.concatenate([speech(1.0), silence(0.2)])):
+            engine.push(f)
+        engine.finalize()
+        t0 = time.monotonic()
+        await asyncio.wait_for(engine.drain(), 30)
+        waited = time.monotonic() - t0
+        worker.cancel()
+        return events, waited, 0.3
+
+    events, waited, delay = asyncio.run(scenario())
+    assert isinstance(events[-1], Final)
+    assert waited >= delay * 0.9  # it did wait for the decode

@@ -24,7 +24,7 @@ def make_server() -> CaptionServer:
     def on_command(cmd: Command):
         return Pong(cmd.id) if cmd.type == "ping" else None
 
-    return CaptionServer("127.0.0.1", 0, lambda: Hello(PROTOCOL, "test", "onnx", SETTINGS, []), on_command,
+    return CaptionServer("127.0.0.1", 0, lambda finals: Hello(PROTOCOL, "test", "onnx", SETTINGS, finals), on_command,
                          lambda: {"status": "ok", "queue_depth": 0})
 
 

@@ -1,20 +1,62 @@
-"""`python -m daemon serve`: wires source → caption engine → websockets server and transcripts; shutdown order."""
+"""`cohere-transcribe serve`: wires source → caption engine → websockets server and transcripts.
+
+Startup checks every option against the bundle before anything listens or loads; the audio source starts
+before the slow part of loading (backend, checksums), so its audio is kept and captioned once the model is
+ready. The daemon's tasks (model loading, feeder, ticker, worker) run in one anyio task group: a task that dies
+takes the daemon down with a logged traceback and exit code 1, so a service manager restarts it, instead of a
+daemon that hangs while /health says ok. Failures of delivery (a listener, an emit) are isolated instead:
+logged, announced as a `status` warning, listed in /health ("degraded"), and captions go on.
+
+Shutdown (SIGINT, SIGTERM): stop feeding, finalize the open segment, deliver its final, close every client
+with 1001, exit 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
-from daemon.live.capture import MicSource, open_source
+import anyio
+from anyio.abc import TaskGroup
+
+from daemon.audio import SAMPLE_RATE
+from daemon.errors import BundleError, ConfigError, DaemonError
+from daemon.live.capture import MicSource, SilenceWatch, open_source
 from daemon.live.config import DaemonConfig
+from daemon.live.engine import CaptionEngine
 from daemon.live.messages import PROTOCOL, Command, Event, Hello, Pong, Settings, Status
 from daemon.live.server import CaptionServer
+from daemon.model.bundle import Bundle, load_bundle
+from daemon.model.decode import resolve_max_new_tokens
+from daemon.model.transcriber import Transcriber, load_transcriber
 from daemon.output.transcripts import TranscriptWriter
 
 log = logging.getLogger("daemon")
+
+DRAIN_WARN_S = 30.0  # the source ended and finals still wait this long: say so (and keep waiting)
+SHUTDOWN_DRAIN_S = 30.0  # at shutdown, the most time given to the finals still queued
+
+
+def check_startup(config: DaemonConfig, bundle: Bundle) -> None:
+    """Reject options the bundle cannot serve, before anything listens or loads.
+
+    Raises:
+        ConfigError: --max-new-tokens outside the decoder cache, VAD values out of range.
+        BundleError: a bundle whose sample rate is not the live stream's.
+    """
+    if bundle.features.sample_rate != SAMPLE_RATE:
+        raise BundleError(f"the model {config.model} expects {bundle.features.sample_rate} Hz audio; "
+                          f"the live daemon captures at {SAMPLE_RATE} Hz")
+    resolve_max_new_tokens(bundle, len(bundle.prompt_template), config.max_new_tokens)
+    try:
+        config.vad_options(bundle)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 class Daemon:
@@ -22,32 +64,43 @@ class Daemon:
 
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
-        self.engine: Any = None
         self.started = time.monotonic()
-        from daemon.model.bundle import load_bundle
-
-        self.bundle = load_bundle(config.model)  # fail fast, before listening, on a bad bundle
+        self.bundle = load_bundle(config.model)  # parse and presence checks: fast; checksums come later
+        check_startup(config, self.bundle)
         self.source = open_source(config.source, config.device, config.rate, config.fast)
         self.server = CaptionServer(config.host, config.port, self._hello, self._command, self._health)
         self.writer = TranscriptWriter(config.transcripts) if config.transcripts else None
         if self.writer is not None:
             self.server.listeners.append(self.writer)
-        self.model_name = config.model
-        self.backend_name = config.backend or "auto"
+        self.model_name = str(self.bundle.manifest.get("source", {}).get("checkpoint", config.model))
+        self.engine: CaptionEngine | None = None
         self._stop = asyncio.Event()
+        self._feed_scope = anyio.CancelScope()
+
+    # -- what clients see -------------------------------------------------------------------------------------
+
+    @property
+    def backend_name(self) -> str:
+        if self.engine is not None:
+            return self.engine.transcriber.backend.name
+        return self.config.backend or "auto"
 
     def _settings(self) -> Settings:
         if self.engine is not None:
             return self.engine.settings
         return Settings(self.config.language, self.config.punctuation, paused=False)
 
-    def _hello(self) -> Hello:
-        return Hello(PROTOCOL, self.model_name, self.backend_name, self._settings(), [])
+    def _hello(self, finals: list[dict[str, Any]]) -> Hello:
+        return Hello(PROTOCOL, self.model_name, self.backend_name, self._settings(), finals)
+
+    def warnings(self) -> list[str]:
+        return self.server.warnings + (self.engine.warnings if self.engine is not None else [])
 
     def _health(self) -> dict[str, Any]:
-        e = self.engine
-        return {"status": "ok" if e is not None else "loading", "model": self.model_name,
-                "backend": self.backend_name, "uptime_s": round(time.monotonic() - self.started, 3),
+        e, warnings = self.engine, self.warnings()
+        status = "loading" if e is None else "degraded" if warnings else "ok"
+        return {"status": status, "warnings": warnings, "model": self.model_name, "backend": self.backend_name,
+                "uptime_s": round(time.monotonic() - self.started, 3),
                 "queue_depth": e.queue_depth if e is not None else 0,
                 "audio_lag_s": round(self.source.lag_seconds, 3), "clients": self.server.n_clients,
                 "source": self.source.name, "settings": self._settings().__dict__,
@@ -56,8 +109,6 @@ class Daemon:
     def _command(self, cmd: Command) -> Event | None:
         if cmd.type == "ping":
             return Pong(cmd.id)
-        from daemon.errors import DaemonError
-
         if self.engine is None:
             raise DaemonError("the model is still loading; try again in a moment")
         if cmd.type == "configure":
@@ -73,66 +124,131 @@ class Daemon:
     def emit(self, event: Event) -> None:
         self.server.broadcast(event)
 
+    # -- running ----------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin the shutdown (what SIGINT and SIGTERM do)."""
+        self._stop.set()
+
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop.set)
-        self.source.start()  # audio is buffered from here on, while the model loads
-        await self.server.start()
-        log.info("listening on ws://%s:%d (GET /health) — source: %s", self.config.host, self.server.port,
-                 self.source.name)
-        await self._load_model()
-        worker = asyncio.create_task(self.engine.run_worker())
-        ticker = asyncio.create_task(self._tick())
-        feeder = asyncio.create_task(self._feed())
-        await self._stop.wait()
-        log.info("shutting down: finishing the open segment")
-        feeder.cancel()
-        self.engine.finalize()
-        await self.engine.drain()
-        for t in (worker, ticker):
-            t.cancel()
-        await self.server.close()
-        self.source.close()
-        self.engine.close()
-        if self.writer is not None:
-            self.writer.close()
+        """Serve until stop(); a task that fails ends the run with its exception (in an ExceptionGroup)."""
+        restore_signals = install_stop_handlers(self.stop)
+        try:
+            self.source.start()  # from here on audio is kept while the model loads
+            await self.server.start()  # ConfigError when the port is taken
+            log.info("listening on ws://%s:%d (GET /health) — source: %s", self.config.host, self.server.port,
+                     self.source.name)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._load_and_serve, tg)
+                await self._stop.wait()
+                await self._shutdown()
+                tg.cancel_scope.cancel()
+        finally:
+            restore_signals()
+            await self.server.close()
+            self.source.close()
+            if self.writer is not None:
+                self.writer.close()
 
-    async def _load_model(self) -> None:
-        from daemon.live.engine import CaptionEngine
-        from daemon.model.transcriber import load_transcriber
+    async def _load_and_serve(self, tg: TaskGroup) -> None:
+        engine = self.engine = await self._load_model()
+        tg.start_soon(engine.run_worker)
+        tg.start_soon(self._tick, engine)
+        tg.start_soon(self._feed, engine)
 
+    async def _load_model(self) -> CaptionEngine:
         c = self.config
         t0 = time.monotonic()
-        tr = await asyncio.to_thread(load_transcriber, self.bundle, c.backend, c.dither)
-        await asyncio.to_thread(tr.warm_up)
-        self.backend_name = tr.backend.name
-        self.model_name = str(tr.bundle.manifest.get("source", {}).get("checkpoint", c.model))
-        self.engine = CaptionEngine(c, tr, self.emit)
-        self.engine.configure(c.language, c.punctuation, announce=False)  # validates the language
-        msg = f"model {c.model} loaded and warmed up in {time.monotonic() - t0:.1f} s ({self.backend_name})"
+        tr = await anyio.to_thread.run_sync(self._load_transcriber)
+        engine = CaptionEngine(c, tr, self.emit)
+        engine.configure(c.language, c.punctuation, announce=False)  # validates the language
+        msg = f"model {c.model} loaded and warmed up in {time.monotonic() - t0:.1f} s ({tr.backend.name})"
         log.info(msg)
-        self.emit(Status("info", "model_loaded", msg, self.engine.settings))
+        self.emit(Status("info", "model_loaded", msg, engine.settings))
+        return engine
 
-    async def _feed(self) -> None:
-        check = isinstance(self.source, MicSource)
+    def _load_transcriber(self) -> Transcriber:
+        """The slow part of loading (in a thread): the backend, the checksums it needs, warm-up."""
+        c = self.config
+        tr = load_transcriber(self.bundle, c.backend, c.dither, verify=c.verify)
+        tr.warm_up()
+        return tr
+
+    async def _feed(self, engine: CaptionEngine) -> None:
+        watch = SilenceWatch() if isinstance(self.source, MicSource) else None
         paced_by_model = getattr(self.source, "fast", False)
-        async for frame in self.source.frames():
-            self.engine.push(frame, check_silent_mic=check)
-            if paced_by_model:  # --fast: as fast as the model keeps up, not faster (else every segment's
-                while self.engine.queue_depth > 1:  # events burst out at once and memory holds the backlog)
-                    await asyncio.sleep(0.005)
-                await asyncio.sleep(0)  # let the server send what this frame produced
-        self.engine.finalize()
-        await self.engine.drain()  # the source's last final goes out before the news that it ended
-        self.emit(Status("info", "source_ended", f"{self.source.name} ended; still serving clients"))
-        log.info("source ended; still serving (Ctrl-C to stop)")
+        with self._feed_scope:
+            async for frame in self.source.frames():
+                if self._stop.is_set():  # shutting down: the open segment was finalized, no audio after it
+                    return
+                engine.push(frame)
+                if watch is not None and (warning := watch.check(frame)) is not None:
+                    log.warning(warning)
+                    self.emit(Status("warning", "silent_microphone", warning))
+                if paced_by_model:  # --fast: as fast as the model keeps up, not faster (else every segment's
+                    await engine.jobs.wait_until(lambda: engine.queue_depth <= 1)  # events burst out at once)
+                    await asyncio.sleep(0)  # let the server send what this frame produced
+            engine.finalize()
+            await self._drain_all(engine)  # the source's last final goes out before the news that it ended
+            self.emit(Status("info", "source_ended", f"{self.source.name} ended; still serving clients"))
+            log.info("source ended; still serving (Ctrl-C to stop)")
 
-    async def _tick(self) -> None:
+    async def _drain_all(self, engine: CaptionEngine) -> None:
+        """Wait for every queued final, however long it takes; say so every DRAIN_WARN_S."""
+        waited = 0.0
+        while True:
+            with anyio.move_on_after(DRAIN_WARN_S):
+                await engine.drain()
+                return
+            waited += DRAIN_WARN_S
+            log.warning("the source ended %.0f s ago and %d decodes still wait (the model is slower than the "
+                        "audio); still decoding", waited, engine.queue_depth + engine.jobs.busy)
+
+    async def _tick(self, engine: CaptionEngine) -> None:
         interval = self.config.partial_interval_ms / 1000
         while True:
-            await asyncio.sleep(interval)
-            self.engine.tick()
+            await anyio.sleep(interval)
+            engine.tick()
+
+    async def _shutdown(self) -> None:
+        log.info("shutting down: finishing the open segment")
+        self._feed_scope.cancel()
+        engine = self.engine
+        if engine is not None:
+            engine.finalize()
+            with anyio.move_on_after(SHUTDOWN_DRAIN_S) as scope:
+                await engine.drain()
+            if scope.cancelled_caught:
+                log.warning("gave up after %.0f s on %d decodes still queued at shutdown", SHUTDOWN_DRAIN_S,
+                            engine.queue_depth + engine.jobs.busy)
+        await self.server.close()  # the last finals reach the clients, then 1001
+
+
+def install_stop_handlers(stop: Callable[[], None]) -> Callable[[], None]:
+    """Make SIGINT and SIGTERM call stop() on the running loop; returns a function that undoes it.
+
+    loop.add_signal_handler does not exist on Windows (NotImplementedError): there a plain signal.signal
+    handler hands the call to the loop with call_soon_threadsafe.
+    """
+    loop = asyncio.get_running_loop()
+    undo: list[Callable[[], object]] = []
+
+    def threadsafe(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(stop)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop)
+            undo.append(functools.partial(loop.remove_signal_handler, sig))
+        except NotImplementedError:
+            previous = signal.signal(sig, threadsafe)
+            undo.append(functools.partial(signal.signal, sig, previous))
+
+    def restore() -> None:
+        for u in undo:
+            u()
+
+    return restore
 
 
 def _summary(seconds: Any) -> dict[str, float | int | None]:
@@ -145,10 +261,34 @@ def _summary(seconds: Any) -> dict[str, float | int | None]:
 
 
 def run_daemon(config: DaemonConfig) -> int:
+    """Run the daemon until SIGINT/SIGTERM: 0 after a clean shutdown, 1 when one of its tasks failed.
+
+    Raises:
+        DaemonError: a startup mistake (bad option, bundle, port in use, no device): one line for the CLI.
+    """
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
         await Daemon(config).run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except DaemonError:
+        raise
+    except BaseExceptionGroup as group:
+        errors = _leaves(group)
+        if errors and all(isinstance(e, DaemonError) for e in errors):
+            raise errors[0] from None  # e.g. a backend that cannot run here: one line, not a crash
+        log.critical("a daemon task failed; stopping", exc_info=group)
+        return 1
+    except Exception:
+        log.critical("the daemon failed; stopping", exc_info=True)
+        return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out += _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
+    return out

@@ -19,14 +19,16 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from daemon.audio import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
 from daemon.errors import CaptureError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-FRAME_MS = 30
-FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 480
+__all__ = ["FRAME_MS", "FRAME_SAMPLES", "SAMPLE_RATE", "FileSource", "MicSource", "SilenceWatch", "Source",
+           "StdinSource", "list_devices", "open_source"]
+
 END = None  # queue marker: the source has no more audio
+SILENT_MIC_S = 5.0  # this much exact digital silence from a microphone means macOS withheld permission
 
 
 class Reframer:
@@ -220,6 +222,28 @@ class MicSource(Source):
             self._stream.stop()
             self._stream.close()
             self._stream = None
+
+
+class SilenceWatch:
+    """Notices a microphone that delivers only exact digital silence (on macOS: no microphone permission)."""
+
+    def __init__(self, seconds: float = SILENT_MIC_S, sample_rate: int = SAMPLE_RATE) -> None:
+        self._limit = round(seconds * sample_rate)
+        self._seconds = seconds
+        self._zero_run = 0
+        self._warned = False
+
+    def check(self, frame: npt.NDArray[np.float32]) -> str | None:
+        """The warning to give, once per run of silence that reaches the limit; else None."""
+        if frame.any():
+            self._zero_run, self._warned = 0, False
+            return None
+        self._zero_run += len(frame)
+        if self._warned or self._zero_run < self._limit:
+            return None
+        self._warned = True
+        return (f"the microphone has delivered only digital silence for {self._seconds:.0f} s: on macOS, allow "
+                "microphone access for this terminal (System Settings → Privacy & Security → Microphone)")
 
 
 def open_source(source: str, device: str | None, rate: int, fast: bool) -> Source:
