@@ -2,12 +2,13 @@
 
 The manifest declares everything the runtime needs (audio parameters, buckets, tensor names/shapes/dtypes per
 backend, token ids, prompt template, generation limits, checksums); `load_bundle` validates it and fails with
-one line naming what is wrong. The exporter writes it (exporter/manifest.py); nothing here is hard-coded.
+one line naming what is wrong. It hashes nothing: checksums are verified per backend by
+daemon.model.checksums.verify_files. The exporter writes the manifest (exporter/manifest.py); nothing here is
+hard-coded.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ class Bundle:
 
     root: Path
     manifest: dict[str, Any]
+    tokenizer_path: Path
     features: FeatureParams
     buckets: tuple[int, ...]  # encoder input frame counts, ascending; the last is the full window
     cross_frames: int  # the decoder's fixed cross-attention length (encoder frames of the full window)
@@ -79,33 +81,34 @@ class Bundle:
     backends: dict[str, BackendSpec]
 
     @property
-    def tokenizer_path(self) -> Path:
-        return self.root / self.manifest["tokenizer"]
-
-    @property
     def window_frames(self) -> int:
+        """Feature frames of the longest window the encoder takes (the largest bucket)."""
         return self.buckets[-1]
 
+    @property
+    def window_samples(self) -> int:
+        """Samples of the longest window (max_window_seconds); the live VAD closes segments at this length."""
+        return round(self.max_window_seconds * self.features.sample_rate)
 
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, or of a directory's files (relative path + content, in sorted order)."""
-    h = hashlib.sha256()
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(str(f.relative_to(path)).encode())
-            h.update(hashlib.sha256(f.read_bytes()).digest())
-    else:
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    @property
+    def shared_files(self) -> tuple[str, ...]:
+        """Bundle-relative files every backend uses: tokenizer, mel filterbank, window."""
+        a = self.manifest["audio"]
+        return (str(self.manifest["tokenizer"]), str(a["mel_filters"]), str(a["window"]))
 
 
-def load_bundle(root: str | Path, verify_checksums: bool = True) -> Bundle:
-    """Read and validate a bundle folder.
+def window_frames(max_window_seconds: float, sample_rate: int, hop_length: int) -> int:
+    """Feature frames of max_window_seconds of audio (one frame per full hop, as features.log_mel counts)."""
+    return round(max_window_seconds * sample_rate) // hop_length
+
+
+def load_bundle(root: str | Path) -> Bundle:
+    """Read and validate a bundle folder: the manifest's fields and that every file it lists exists.
+
+    Hashes nothing (fast); see daemon.model.checksums.verify_files for the checksums.
 
     Raises:
-        BundleError: naming the missing file, the malformed field, or the file whose checksum differs.
+        BundleError: naming the missing file or the malformed field.
     """
     root = Path(root)
     mpath = root / "manifest.json"
@@ -114,7 +117,11 @@ def load_bundle(root: str | Path, verify_checksums: bool = True) -> Bundle:
     if not mpath.is_file():
         raise BundleError(f"model bundle {root} has no manifest.json")
     try:
-        m = json.loads(mpath.read_text())
+        text = mpath.read_text()
+    except OSError as e:
+        raise BundleError(f"cannot read {mpath}: {e.strerror or e}") from e
+    try:
+        m = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{mpath} is not valid JSON: {e}") from e
     if not isinstance(m, dict) or m.get("format") != FORMAT:
@@ -124,22 +131,38 @@ def load_bundle(root: str | Path, verify_checksums: bool = True) -> Bundle:
     if m.get("decoder_contract") != CONTRACT:
         raise BundleError(f"{mpath}: decoder contract {m.get('decoder_contract')!r} is not supported ({CONTRACT})")
     try:
-        _check_files(root, m, verify_checksums)
-        return _parse(root, m)
+        _check_files(root, m)
+        return _check_shapes(_parse(root, m))
     except KeyError as e:
         raise BundleError(f"{mpath}: missing field {e}") from e
     except (TypeError, ValueError) as e:
         raise BundleError(f"{mpath}: malformed field: {e}") from e
 
 
-def _check_files(root: Path, m: dict[str, Any], verify: bool) -> None:
+def _check_files(root: Path, m: dict[str, Any]) -> None:
+    """Every file the manifest lists, and the tokenizer, exist."""
     files: dict[str, str] = m["files"]
-    for rel, digest in files.items():
-        p = root / rel
-        if not p.exists():
+    if not isinstance(files, dict):
+        raise TypeError("files must map paths to SHA-256 digests")
+    for rel in [*files, m["tokenizer"], m["audio"]["mel_filters"], m["audio"]["window"]]:
+        if not (root / rel).exists():
             raise BundleError(f"model bundle {root} is missing {rel}")
-        if verify and sha256_of(p) != digest:
-            raise BundleError(f"checksum mismatch for {root / rel}: the file was changed or damaged")
+
+
+def _check_shapes(b: Bundle) -> Bundle:
+    """Cross-check what the manifest states twice: the largest bucket holds the full window, and the decoder's
+    cross length is the encoder's output for it."""
+    mpath = b.root / "manifest.json"
+    p = b.features
+    need = window_frames(b.max_window_seconds, p.sample_rate, p.hop_length)
+    if b.buckets[-1] < need:
+        raise BundleError(f"{mpath}: the largest encoder bucket ({b.buckets[-1]} frames) is shorter than the "
+                          f"{b.max_window_seconds:g} s window ({need} frames); re-export with a {need}-frame bucket")
+    cross = encoder_frames(b.buckets[-1], b.subsampling_stages)
+    if b.cross_frames != cross:
+        raise BundleError(f"{mpath}: decoder cross_frames is {b.cross_frames}, but the largest bucket "
+                          f"({b.buckets[-1]} frames) gives {cross} encoder frames")
+    return b
 
 
 def _parse(root: Path, m: dict[str, Any]) -> Bundle:
@@ -159,12 +182,15 @@ def _parse(root: Path, m: dict[str, Any]) -> Bundle:
     )
     backends = {name: _backend(root, spec) for name, spec in m["backends"].items()}
     buckets = tuple(sorted(int(b) for b in m["encoder"]["buckets"]))
+    if not buckets:
+        raise ValueError("the encoder has no frame buckets")
     for name, b in backends.items():
         if set(b.encoders) != set(buckets):
             raise ValueError(f"backend {name} has encoders for {sorted(b.encoders)}, buckets are {list(buckets)}")
     return Bundle(
         root=root,
         manifest=m,
+        tokenizer_path=root / str(m["tokenizer"]),
         features=params,
         buckets=buckets,
         cross_frames=int(m["decoder"]["cross_frames"]),

@@ -41,6 +41,7 @@ class DecodeResult:
     tokens: tuple[int, ...]
     logprobs: tuple[float, ...]
     stop_reason: str  # "eos", "max_new_tokens" or "repetition" (loop guard; the repeats are dropped)
+    n_steps: int = 0  # decoder steps run (prompt tokens fed + tokens picked); 0 when nothing was decoded
 
 
 def build_prompt(bundle: Bundle, tokenizer: Tokenizer, language: str, punctuation: bool) -> list[int]:
@@ -110,8 +111,9 @@ def greedy_decode(
 
     tokens: list[int] = []
     logprobs: list[float] = []
-    token, stop = prompt[0], "max_new_tokens"
+    token, stop, n_steps = prompt[0], "max_new_tokens", 0
     for pos in range(len(prompt) + max_new_tokens - 1):
+        n_steps = pos + 1
         self_mask[..., pos] = 0.0
         out = backend.decoder_step({
             "input_id": np.array([[token]]), "position": np.array([pos]),
@@ -135,7 +137,7 @@ def greedy_decode(
             del tokens[keep:], logprobs[keep:]
             stop = "repetition"
             break
-    return DecodeResult(tuple(tokens), tuple(logprobs), stop)
+    return DecodeResult(tuple(tokens), tuple(logprobs), stop, n_steps)
 
 
 LOOP_MIN_REPEATS = 4  # an n-gram seen this many times in a row at the end ...

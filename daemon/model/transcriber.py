@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -71,10 +72,12 @@ class Transcriber:
         """Run every encoder bucket and a few decoder steps once, so the first caption pays no load or compile
         cost (Core ML compiles for the Neural Engine on first use)."""
         n_mels = self.features.n_mels
-        for frames in self.bundle.buckets:
-            enc = self.backend.encode(np.zeros((1, n_mels, frames), np.float32), frames)
+        *smaller, full = self.bundle.buckets
+        for frames in smaller:
+            self.backend.encode(np.zeros((1, n_mels, frames), np.float32), frames)
+        enc = self.backend.encode(np.zeros((1, n_mels, full), np.float32), full)
         prompt = build_prompt(self.bundle, self.tokenizer, next(iter(self.bundle.languages)), True)
-        greedy_decode(self.backend, enc, encoder_frames(frames, self.bundle.subsampling_stages), prompt, 1,
+        greedy_decode(self.backend, enc, encoder_frames(full, self.bundle.subsampling_stages), prompt, 1,
                       DecodeOptions(ignore_eos=True))
 
     def windows(self, samples: npt.NDArray[np.float32]) -> list[tuple[int, int]]:
@@ -118,11 +121,24 @@ def _stage(timings: dict[str, float] | None, name: str) -> Iterator[None]:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
 
-def load_transcriber(model: str | Bundle, backend: str | None = None, dither: float | None = None) -> Transcriber:
-    """Load a bundle (folder or already validated) with its tokenizer and a backend (None: the default here)."""
-    from daemon.model.backends import get_backend
+def load_transcriber(model: str | Path | Bundle, backend: str | None = None, dither: float | None = None,
+                     verify: bool = False) -> Transcriber:
+    """Load a bundle (folder or already validated) with its tokenizer and a backend (None: the default here).
+
+    The checksums of the files this backend uses are verified first; files verified before and unchanged since
+    (same size and mtime) are skipped unless `verify` forces hashing them all again.
+
+    Raises:
+        BundleError: a malformed bundle, a missing file, or a checksum mismatch.
+        ConfigError, BackendError: an unknown backend, or one that cannot run here.
+    """
+    from daemon.model.backends import default_backend, get_backend
     from daemon.model.bundle import load_bundle
+    from daemon.model.checksums import verify_files
 
     bundle = model if isinstance(model, Bundle) else load_bundle(model)
+    name = backend or default_backend(bundle)
+    if name in bundle.backends:  # otherwise get_backend names what is wrong
+        verify_files(bundle, name, force=verify)
     tokenizer = Tokenizer(bundle.tokenizer_path)
-    return Transcriber(bundle, get_backend(bundle, backend), tokenizer, dither)
+    return Transcriber(bundle, get_backend(bundle, name), tokenizer, dither)

@@ -30,7 +30,7 @@ class Session(Protocol):
 class EncoderOutput:
     """The encoder's outputs for one window, trimmed to its bucket."""
 
-    hidden: npt.NDArray[np.float32]  # (1, T_bucket, d_model) after the 1280→1024 projection
+    hidden: Array  # (1, T_bucket, d_model) after the 1280→1024 projection
     cross_k: Array  # (n_layers, 1, n_heads, T_bucket, head_dim), per decoder layer, once per window
     cross_v: Array
 
