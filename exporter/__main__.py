@@ -20,16 +20,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="onnx,coreml", help="comma-separated: onnx, coreml (default: both)")
     ap.add_argument("--precision", default="hybrid", choices=["hybrid", "fp16", "fp32"],
                     help="Core ML precision: hybrid = INT8 encoder weights + FP16 decoder (default)")
-    ap.add_argument("--buckets", default="3500",
-                    help="encoder input frame counts, comma-separated; the largest is the full window")
-    ap.add_argument("--cache-capacity", type=int, default=266, help="decoder self-attention cache positions")
-    ap.add_argument("--max-new-tokens", type=int, default=256, help="default token budget per window")
+    ap.add_argument("--buckets",
+                    help="encoder input frame counts, comma-separated; the largest must be the full window "
+                         "(3500 frames for 35 s at hop 160; default: that one bucket)")
+    ap.add_argument("--cache-capacity", type=int,
+                    help="decoder self-attention cache positions (default: 266, or the decoder's positions if "
+                         "fewer)")
+    ap.add_argument("--max-new-tokens", type=int,
+                    help="default token budget per window (default: what the cache leaves after the prompt)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
         opts = ExportOptions(backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
                              precision=args.precision,
-                             buckets=tuple(int(b) for b in args.buckets.split(",")),
+                             buckets=_buckets(args.buckets),
                              cache_capacity=args.cache_capacity, max_new_tokens=args.max_new_tokens)
         from .load import load_checkpoint
 
@@ -41,6 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(path)
     return 0
+
+
+def _buckets(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise ValueError(f"--buckets takes comma-separated frame counts (got {text!r})") from None
 
 
 if __name__ == "__main__":

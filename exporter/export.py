@@ -12,20 +12,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from daemon.model.bundle import window_frames
+
 from .contract import as_manifest, dims_of
 from .load import Checkpoint
-from .manifest import build_manifest, write_manifest
+from .manifest import PROMPT_TEMPLATE, build_manifest, write_manifest
+
+PROMPT_LENGTH = len(PROMPT_TEMPLATE)  # decoder positions the prompt takes before the first new token
+DEFAULT_CACHE_CAPACITY = 266  # the real model: its 10-piece prompt + 256 new tokens
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What to write."""
+    """What to write; None means "follow the model" (see `for_model`)."""
 
     backends: tuple[str, ...] = ("onnx", "coreml")
     precision: str = "hybrid"  # Core ML: hybrid | fp16 | fp32 (ONNX is always fp32)
-    buckets: tuple[int, ...] = (3500,)  # encoder input frame counts; the largest is the full 35 s window
-    cache_capacity: int = 266  # 10-token prompt + 256 new tokens
-    max_new_tokens: int = 256
+    buckets: tuple[int, ...] | None = None  # encoder input frame counts; the largest is the full window
+    cache_capacity: int | None = None  # None: min(266, the decoder's positions)
+    max_new_tokens: int | None = None  # None: what the cache leaves after the prompt
 
     def __post_init__(self) -> None:
         unknown = set(self.backends) - {"onnx", "coreml"}
@@ -33,11 +38,54 @@ class ExportOptions:
             raise ValueError(f"unknown backends {sorted(unknown)} (choose from onnx, coreml)")
         if self.precision not in ("hybrid", "fp16", "fp32"):
             raise ValueError(f"unknown precision {self.precision!r} (hybrid, fp16 or fp32)")
-        if not self.buckets or min(self.buckets) < 16:
+        if self.buckets is not None and (not self.buckets or min(self.buckets) < 16):
             raise ValueError(f"bad frame buckets {self.buckets}")
-        if self.max_new_tokens > self.cache_capacity - 10:
-            raise ValueError(f"max_new_tokens {self.max_new_tokens} does not fit a cache of {self.cache_capacity}"
-                             " with a 10-token prompt")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1 (got {self.max_new_tokens})")
+        if self.cache_capacity is not None and self.max_new_tokens is not None:
+            _check_fit(self.cache_capacity, self.max_new_tokens)
+
+    def for_model(self, positions: int, window_frames: int) -> ExportPlan:
+        """These options with every None filled in for a decoder of `positions` positions and a full window of
+        `window_frames` feature frames.
+
+        Raises:
+            ValueError: a cache larger than the decoder's positions, a budget that does not fit the cache, or a
+                largest bucket that is not the full window.
+        """
+        buckets = self.buckets or (window_frames,)
+        if max(buckets) != window_frames:
+            raise ValueError(f"the largest bucket must be the full window of {window_frames} frames "
+                             f"(got {max(buckets)}): add {window_frames} to --buckets")
+        cap = min(DEFAULT_CACHE_CAPACITY, positions) if self.cache_capacity is None else self.cache_capacity
+        if cap > positions:
+            raise ValueError(f"cache capacity {cap} > the decoder's {positions} positions")
+        budget = cap - PROMPT_LENGTH if self.max_new_tokens is None else self.max_new_tokens
+        _check_fit(cap, budget)
+        note = None
+        if self.cache_capacity is None or self.max_new_tokens is None:
+            why = f"the decoder's {positions} positions" if cap < DEFAULT_CACHE_CAPACITY else "the default"
+            note = (f"cache capacity {cap} ({why if self.cache_capacity is None else 'as given'}), "
+                    f"{budget} new tokens per window (capacity − the {PROMPT_LENGTH}-token prompt)")
+        return ExportPlan(self.backends, self.precision, tuple(sorted(buckets)), cap, budget, note)
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """ExportOptions resolved for one model: every value concrete."""
+
+    backends: tuple[str, ...]
+    precision: str
+    buckets: tuple[int, ...]
+    cache_capacity: int
+    max_new_tokens: int
+    note: str | None  # one line saying what was chosen for the model, or None when all was given
+
+
+def _check_fit(cache_capacity: int, max_new_tokens: int) -> None:
+    if max_new_tokens < 1 or max_new_tokens > cache_capacity - PROMPT_LENGTH:
+        raise ValueError(f"max_new_tokens {max_new_tokens} does not fit a cache of {cache_capacity} with a "
+                         f"{PROMPT_LENGTH}-token prompt (at most {cache_capacity - PROMPT_LENGTH})")
 
 
 def _step(msg: str) -> float:
@@ -52,12 +100,13 @@ def _done(t0: float) -> None:
 def export_bundle(ckpt: Checkpoint, out: Path, opts: ExportOptions) -> Path:
     """Write a complete bundle folder (model files, tokenizer, filterbank, manifest) to `out`."""
     model = ckpt.model
-    cfg = model.config
-    if opts.cache_capacity > cfg.max_position_embeddings:
-        raise ValueError(f"cache capacity {opts.cache_capacity} > the decoder's {cfg.max_position_embeddings} "
-                         "positions")
+    fe = ckpt.feature_extractor
+    plan = opts.for_model(model.config.max_position_embeddings,
+                          window_frames(fe.max_audio_clip_s, fe.sampling_rate, fe.hop_length))
+    if plan.note:
+        tqdm.write(f"[export] {plan.note}")
     out.mkdir(parents=True, exist_ok=True)
-    dims = dims_of(model, opts.cache_capacity, max(opts.buckets))
+    dims = dims_of(model, plan.cache_capacity, max(plan.buckets))
     files = ["tokenizer.model", "mel_filters.npy", "window.npy"]
     shutil.copyfile(ckpt.tokenizer_path, out / "tokenizer.model")
     np.save(out / "mel_filters.npy", ckpt.feature_extractor.mel_filters.numpy().astype(np.float32))
@@ -67,16 +116,16 @@ def export_bundle(ckpt: Checkpoint, out: Path, opts: ExportOptions) -> Path:
     staging = out / "onnx" / ".staging"  # one folder per ONNX graph (see onnx_weights), removed at the end
     staged: dict[str, Path] = {}
     shutil.rmtree(staging, ignore_errors=True)  # what a failed export left
-    steps = [(b, f) for b in opts.backends for f in (*sorted(opts.buckets), "decoder")]
+    steps = [(b, f) for b in plan.backends for f in (*sorted(plan.buckets), "decoder")]
     for backend, what in tqdm(steps, desc="export", unit="graph", disable=len(steps) < 3):
-        entry = backends.setdefault(backend, {"precision": "fp32" if backend == "onnx" else opts.precision,
+        entry = backends.setdefault(backend, {"precision": "fp32" if backend == "onnx" else plan.precision,
                                               "encoders": {}})
         rel = _graph_file(backend, what)
         t0 = _step(f"{backend}: {'tracing and converting' if backend == 'coreml' else 'exporting'} {rel}")
         dest = out / rel
         if backend == "onnx":
             dest = staged[rel] = staging / Path(rel).stem / Path(rel).name
-        ins, outs = _export_graph(backend, what, model, dims, opts.precision, dest)
+        ins, outs = _export_graph(backend, what, model, dims, plan.precision, dest)
         _done(t0)
         graph = {"file": rel, "inputs": as_manifest(ins), "outputs": as_manifest(outs)}
         if what == "decoder":
@@ -100,9 +149,9 @@ def export_bundle(ckpt: Checkpoint, out: Path, opts: ExportOptions) -> Path:
         _done(t0)
 
     t0 = _step("writing manifest.json with checksums")
-    manifest = build_manifest(dims=dims, buckets=list(opts.buckets), feature_extractor=ckpt.feature_extractor,
+    manifest = build_manifest(dims=dims, buckets=list(plan.buckets), feature_extractor=ckpt.feature_extractor,
                               tokenizer_path=out / "tokenizer.model", backends=backends,
-                              max_new_tokens=opts.max_new_tokens, source=_source(ckpt))
+                              max_new_tokens=plan.max_new_tokens, source=_source(ckpt))
     path = write_manifest(out, manifest, files)
     _done(t0)
     return path

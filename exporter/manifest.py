@@ -8,7 +8,8 @@ from typing import Any
 
 import sentencepiece as spm
 
-from daemon.model.bundle import CONTRACT, FORMAT, FORMAT_VERSION, sha256_of
+from daemon.model.bundle import CONTRACT, FORMAT, FORMAT_VERSION
+from daemon.model.checksums import sha256_of
 
 from .contract import Dims
 from .spm import CONTROL_PIECES, TRAINED_LANGUAGES
