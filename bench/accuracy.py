@@ -1,6 +1,6 @@
 """Accuracy and speed of a bundle on a manifest: WER/CER per language, RTFx and time per stage.
 
-    python bench/accuracy.py MANIFEST_OR_FOLDER [--model models/demo] [--backend onnx|coreml] [--language xx]
+    python -m bench.accuracy MANIFEST_OR_FOLDER [--model models/demo] [--backend onnx|coreml] [--language xx]
         [--limit N] [--no-punctuation] [--out bench/results/accuracy-NAME.json]
 
 MANIFEST_OR_FOLDER is a JSONL manifest, a FLEURS split .tsv or a LibriSpeech folder (bench/manifest.py).
@@ -30,16 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.manifest import Item, layout_of, read_manifest
+from bench.normalize import score
+from daemon.audio.files import load_audio
+from daemon.errors import DaemonError
+from daemon.model.decode import DecodeOptions, build_prompt
+from daemon.model.locate import DEFAULT_MODEL
+from daemon.model.transcriber import Transcriber, load_transcriber
 
-from bench.manifest import Item, layout_of, read_manifest  # noqa: E402
-from bench.normalize import score  # noqa: E402
-from daemon.audio.files import load_audio  # noqa: E402
-from daemon.errors import DaemonError  # noqa: E402
-from daemon.model.decode import DecodeOptions, build_prompt  # noqa: E402
-from daemon.model.locate import DEFAULT_MODEL  # noqa: E402
-from daemon.model.transcriber import Transcriber, load_transcriber  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 STAGES = ("features", "encoder", "decoder", "detokenize")  # timed inside Transcriber.transcribe
 
@@ -147,7 +146,7 @@ def report(args: argparse.Namespace, tr: Transcriber, results: list[ItemResult],
     audio, compute = sum(r.audio_seconds for r in results), sum(r.seconds for r in results)
     bundle = tr.bundle
     return _rounded({
-        "command": shlex.join(["python", "bench/accuracy.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", "bench.accuracy", *sys.argv[1:]]),
         "machine": machine(),
         "model": {"bundle": str(bundle.root), "source": bundle.manifest.get("source")},
         "backend": {"name": tr.backend.name, "precision": bundle.backends[tr.backend.name].precision,
@@ -186,7 +185,7 @@ def default_out(manifest: Path) -> Path:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python bench/accuracy.py", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.splitlines()[0])
     ap.add_argument("manifest", type=Path, metavar="MANIFEST_OR_FOLDER",
                     help="JSONL manifest, FLEURS split .tsv, or LibriSpeech folder")
     ap.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle folder (default: models/demo)")

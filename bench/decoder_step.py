@@ -1,6 +1,6 @@
 """P1: one decoder step in our contract vs a step that recomputes cross-attention K/V (FluidAudio v1 style).
 
-    python bench/decoder_step.py [--steps 40] [--out bench/results/decoder_step.json]
+    python -m bench.decoder_step [--steps 40] [--out bench/results/decoder_step.json]
 
 Both graphs are exported from the same transformers CohereAsr decoder at the full shape of Cohere Transcribe
 (8 layers, d 1024, 8 heads × 128, FFN 4096, vocab 16384, cross length 438, cache 266) with random weights, and
@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from exporter.contract import dims_of
+from exporter.to_onnx import export_decoder
+from exporter.wrappers import DecoderStepExport
 
-from exporter.contract import dims_of  # noqa: E402
-from exporter.to_onnx import export_decoder  # noqa: E402
-from exporter.wrappers import DecoderStepExport  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class RecomputeCrossStep(DecoderStepExport):
@@ -109,7 +107,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     macs_cross = 2 * d.n_layers * d.cross_frames * d.d_model * d.d_model
     result = {
-        "command": f"python bench/decoder_step.py --steps {args.steps}",
+        "command": f"python -m bench.decoder_step --steps {args.steps}",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, onnxruntime {ort.__version__} CPU",
         "shape": {"layers": d.n_layers, "d_model": d.d_model, "heads": d.n_heads, "head_dim": d.head_dim,
                   "vocab": d.vocab_size, "cross_frames": d.cross_frames, "cache": d.cache_capacity},

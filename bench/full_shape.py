@@ -1,6 +1,6 @@
 """P2/P3 at the full 2B shape: our ONNX pipeline vs transformers generate(), buckets vs padding, encoder FLOP/s.
 
-    python bench/full_shape.py [--encoder-layers 48] [--decoder-layers 8] [--new-tokens 100] [--reps 3]
+    python -m bench.full_shape [--encoder-layers 48] [--decoder-layers 8] [--new-tokens 100] [--reps 3]
         [--out bench/results/full_shape.json] [--work build/full_shape] [--keep] [--reuse]
 
 A CohereAsrForConditionalGeneration with the real config (transformers' defaults, model.md) and seeded random
@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.flops import encoder_flops, export_extra_flops, graph_flops
+from bench.procs import GUARD, Worker, WorkerError, measure, meminfo_mb, serve
 
-from bench.flops import encoder_flops, export_extra_flops, graph_flops  # noqa: E402
-from bench.procs import GUARD, Worker, WorkerError, measure, meminfo_mb, serve  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+MODULE = "bench.full_shape"  # each worker runs this module again with --phase
 
 SR = 16000
 WINDOW_S = 35.0
@@ -320,7 +320,7 @@ def machine() -> dict[str, Any]:
 
 
 def _phase_cmd(phase: str, *extra: str) -> list[str]:
-    return [sys.executable, __file__, "--phase", phase, *extra]
+    return [sys.executable, "-m", MODULE, "--phase", phase, *extra]
 
 
 def _phase_json(res: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -350,7 +350,7 @@ class Side:
     def start(self, phase: str, args: list[str], log: Path, warm: list[str], load_label: str) -> None:
         """Start the worker, then one untimed window per case in `warm` (the first one's peak RSS is
         reported as load + one window)."""
-        self.worker = Worker(__file__, phase, args, log)
+        self.worker = Worker(MODULE, phase, args, log)
         first = self.call("loaded")
         for i, which in enumerate(warm):
             r = self.call("window", which=which)
@@ -538,7 +538,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     memory += sides.pop("memory")
     peak = steps["peak"]
     result = {
-        "command": "python bench/full_shape.py " + shlex.join(sys.argv[1:]),
+        "command": "python -m bench.full_shape " + shlex.join(sys.argv[1:]),
         "machine": mach,
         "shape": {"encoder_layers": args.encoder_layers, "decoder_layers": args.decoder_layers,
                   "encoder_hidden": 1280, "decoder_hidden": 1024, "vocab": REAL_VOCAB,

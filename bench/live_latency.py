@@ -1,6 +1,6 @@
 """Caption latency of a running daemon, measured by a websocket client (real-time file source, demo model).
 
-    python bench/live_latency.py [--sentences 12] [--model models/demo] [--out bench/results/live_latency.json]
+    python -m bench.live_latency [--sentences 12] [--model models/demo] [--out bench/results/live_latency.json]
 
 For each segment: VAD close → final (arrival of `final` − arrival of `speech_stopped`), end of speech → final
 (adds the end-of-speech silence the VAD waits for; the speech end is known from how the audio was built), and
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
@@ -23,16 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from websockets.asyncio.client import connect
+
+from devtools.daemon_process import DEMO, Daemon, wer
+from devtools.speech import espeak
+from exporter.demo import grammar
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from helpers import espeak  # noqa: E402
-from live import DEMO, Daemon, wer  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
-
-from exporter.demo import grammar  # noqa: E402
-import itertools
 
 SR = 16000
 
@@ -50,12 +47,12 @@ def build(n: int, gap_s: float = 1.5) -> tuple[np.ndarray, list[str], list[float
     return np.concatenate(parts), texts, ends
 
 
-async def listen(url: str, n_finals: int, timeout: float) -> list[tuple[float, dict]]:
+async def listen(url: str, n_finals: int, seconds: float) -> list[tuple[float, dict]]:
+    """(arrival time, message) until n_finals finals came; TimeoutError after `seconds`."""
     out: list[tuple[float, dict]] = []
-    async with connect(url) as ws:
-        deadline = time.monotonic() + timeout
-        while sum(m["type"] == "final" for _, m in out) < n_finals and time.monotonic() < deadline:
-            raw = await asyncio.wait_for(ws.recv(), deadline - time.monotonic())
+    async with connect(url) as ws, asyncio.timeout(seconds):
+        while sum(m["type"] == "final" for _, m in out) < n_finals:
+            raw = await ws.recv()
             out.append((time.monotonic(), json.loads(raw)))  # the time of arrival, taken after recv
     return out
 
@@ -88,7 +85,7 @@ def main() -> None:
         ts = [t for t, m in msgs if m["type"] == "partial" and m["segment"] == seg]
         cadence += [b - a for a, b in itertools.pairwise(ts)]
     result = {
-        "command": f"python bench/live_latency.py --sentences {args.sentences}",
+        "command": f"python -m bench.live_latency --sentences {args.sentences}",
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {__import__('os').cpu_count()} cores",
         "model": args.model, "sentences": len(texts), "finals": len(finals),
         "wer": round(wer(texts, [m["text"] for _, m in finals]), 4),

@@ -1,12 +1,12 @@
 """Write a reproducible synthetic test set for the demo model: espeak-ng WAVs plus a JSONL manifest.
 
-    python bench/make_synthetic_set.py --out DIR [--n 60] [--languages en,es] [--heldout-voice] [--seed 7]
+    python -m bench.make_synthetic_set --out DIR [--n 60] [--languages en,es] [--heldout-voice] [--seed 7]
 
 The sentences are the demo model's held-out ones (`exporter.demo.grammar.demo_heldout`, never in its training
 set), spoken by `exporter.demo.synth.synthesize_many` with its seeded voices and augmentation: clip i of a
 language uses the rng seeded by (seed, i), so the same command writes the same set. `--heldout-voice` speaks
 every clip with the voice variant the demo model never heard. DIR gets LANG-NNN.wav and manifest.jsonl
-(keys id, audio, text, language), ready for `python bench/accuracy.py DIR/manifest.jsonl`.
+(keys id, audio, text, language), ready for `python -m bench.accuracy DIR/manifest.jsonl`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from exporter.demo import grammar, synth
 
-from exporter.demo import grammar, synth  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_SEED = 7  # the seed exporter.demo.evaluate uses
 

@@ -116,13 +116,13 @@ class WorkerError(RuntimeError):
 
 
 class Worker:
-    """A persistent subprocess (`script --phase PHASE ARGS`, whose side runs `serve`): JSON commands in, JSON
-    lines out."""
+    """A persistent subprocess (`python -m MODULE --phase PHASE ARGS`, whose side runs `serve`): JSON commands
+    in, JSON lines out."""
 
-    def __init__(self, script: str | Path, phase: str, args: list[str], log: Path) -> None:
+    def __init__(self, module: str, phase: str, args: list[str], log: Path) -> None:
         self.phase = phase
         self._log = log.open("w")
-        self.p = subprocess.Popen([sys.executable, str(script), "--phase", phase, *args], cwd=ROOT, text=True,
+        self.p = subprocess.Popen([sys.executable, "-m", module, "--phase", phase, *args], cwd=ROOT, text=True,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
         GUARD.watch(self.p)
 

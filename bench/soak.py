@@ -1,6 +1,6 @@
 """Soak of a running daemon: CPU share while it listens to silence, and its memory over a long fast file run.
 
-    python bench/soak.py [--idle-seconds 60] [--hours 1.0] [--sample-seconds 2] [--model models/demo]
+    python -m bench.soak [--idle-seconds 60] [--hours 1.0] [--sample-seconds 2] [--model models/demo]
         [--out bench/results/soak.json]
 
 idle: `python -m daemon serve --source -` is fed digital silence (s16le zeros) in 30 ms chunks paced in real
@@ -37,17 +37,15 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from bench.accuracy import machine
+from devtools.daemon_process import DEMO, Daemon, wer
+from devtools.speech import espeak
+from exporter.demo import grammar
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from helpers import espeak  # noqa: E402
-from live import DEMO, Daemon, wer  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import ConnectionClosed  # noqa: E402
-
-from bench.accuracy import machine  # noqa: E402
-from exporter.demo import grammar  # noqa: E402
 
 SR = 16000
 CHUNK_MS = 30  # stdin chunk, like the microphone's 30 ms blocks
@@ -304,7 +302,7 @@ def measure_soak(model: str, hours: float, every: float, timeout: float) -> dict
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python bench/soak.py", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
     ap.add_argument("--idle-seconds", type=float, default=60.0, help="silence to measure CPU over (0: skip)")
     ap.add_argument("--hours", type=float, default=1.0, help="audio for the memory run (0: skip)")
     ap.add_argument("--sample-seconds", type=float, default=2.0, help="RSS sampling interval")
@@ -317,7 +315,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result: dict[str, Any] = {"command": shlex.join(["python", "bench/soak.py", *sys.argv[1:]]),
+    result: dict[str, Any] = {"command": shlex.join(["python", "-m", "bench.soak", *sys.argv[1:]]),
                               "machine": machine(), "load_average": [round(x, 2) for x in os.getloadavg()],
                               "model": args.model}
     if args.idle_seconds > 0:

@@ -13,14 +13,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from bench.make_synthetic_set import make_set
+from bench.manifest import ManifestError, layout_of, read_manifest
+from bench.normalize import normalize, score
 from daemon.model.locate import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # bench/ is a folder of scripts, not an installed package
-
-from bench.make_synthetic_set import make_set  # noqa: E402
-from bench.manifest import ManifestError, layout_of, read_manifest  # noqa: E402
-from bench.normalize import normalize, score  # noqa: E402
 
 # The demo bundle the smoke test runs; TEST_DEMO_MODEL points it elsewhere (e.g. an interim bundle).
 DEMO_MODEL = Path(os.environ.get("TEST_DEMO_MODEL", DEFAULT_MODEL))
@@ -209,7 +207,7 @@ def test_synthetic_set_is_reproducible(tmp_path: Path) -> None:
 
 
 def _harness(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "accuracy.py"), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bench.accuracy", *args], capture_output=True,
                           text=True, timeout=600, cwd=ROOT)
 
 
@@ -230,7 +228,7 @@ def test_harness_smoke(tmp_path: Path) -> None:
     assert "language" in p.stdout and "decoder" in p.stdout  # the printed table
     doc = json.loads(out.read_text())
 
-    assert doc["command"].startswith("python bench/accuracy.py ")
+    assert doc["command"].startswith("python -m bench.accuracy ")
     assert {"platform", "cpu", "cores"} <= set(doc["machine"])
     assert Path(doc["model"]["bundle"]) == DEMO_MODEL and "source" in doc["model"]
     assert doc["backend"]["name"] == "onnx" and doc["backend"]["runtime"].startswith("onnxruntime")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import SR, speech_clip
 
 from daemon.model.features import FeatureParams, _power_spectrogram, log_mel, n_valid_frames, pad_frames
+from devtools.speech import SR, speech_clip
 
 TOL = 1e-4  # max |Δ| on valid frames, dither off on both sides
 

@@ -1,4 +1,4 @@
-"""bench/full_shape.py's building blocks, at tiny sizes: the real-layout tokenizer, the FLOP count against the
+"""bench.full_shape's building blocks, at tiny sizes: the real-layout tokenizer, the FLOP count against the
 exported graph, and the memory guard (the full-shape run itself takes minutes and ~17 GB)."""
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # bench/ is a folder of scripts, not an installed package
+from bench.flops import encoder_flops, export_extra_flops, graph_flops
+from bench.full_shape import full_config, write_real_layout_tokenizer
+from bench.procs import MemoryGuard
 
-from bench.flops import encoder_flops, export_extra_flops, graph_flops  # noqa: E402
-from bench.full_shape import full_config, write_real_layout_tokenizer  # noqa: E402
-from bench.procs import MemoryGuard  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_tokenizer_has_16384_pieces_with_the_real_ids(tmp_path):

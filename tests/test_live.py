@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from helpers import espeak
-from live import DEMO, ROOT, Daemon, collect, wer
 
+from devtools.daemon_process import DEMO, ROOT, Daemon, collect, wer
+from devtools.speech import espeak
 from exporter.demo import grammar
 
 SR = 16000

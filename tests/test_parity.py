@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
-from helpers import hf_greedy, prompt_ids, speech_clip
+from reference import hf_greedy, prompt_ids
 
 from daemon.model.bundle import encoder_frames, load_bundle
 from daemon.model.decode import DecodeOptions, cross_inputs, greedy_decode
 from daemon.model.features import log_mel, pad_frames
 from daemon.model.transcriber import load_transcriber
+from devtools.speech import speech_clip
 
 PRESETS = ("a", "b")
 N_CLIPS = 20

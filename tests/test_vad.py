@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, ClassVar
+
 import numpy as np
 import pytest
-from helpers import SR, espeak
+import webrtcvad
 
 from daemon.audio.vad import (
     SegmentClosed,
@@ -16,6 +19,7 @@ from daemon.audio.vad import (
     speech_spans,
 )
 from daemon.audio.windows import split_windows
+from devtools.speech import SR, espeak
 
 OPTS = VadOptions()
 FRAME = OPTS.frame_samples  # 480 samples, 30 ms
@@ -138,11 +142,33 @@ def test_energy_gate_keeps_quiet_noise_out_even_if_the_detector_says_speech() ->
     assert [type(e) for _, e in feed(ungated, noise)] == [SegmentOpened]
 
 
+class RecordingVad:
+    """webrtcvad.Vad that records each frame it is asked about; the real webrtcvad answers (and raises on a
+    frame length or rate it does not take)."""
+
+    made: ClassVar[list[RecordingVad]] = []
+    real: ClassVar[Callable[[int], Any]] = webrtcvad.Vad
+
+    def __init__(self, mode: int) -> None:
+        self.vad = RecordingVad.real(mode)
+        self.frames: list[tuple[int, int]] = []  # (bytes, sample rate) per call
+        RecordingVad.made.append(self)
+
+    def is_speech(self, pcm: bytes, sample_rate: int) -> bool:
+        self.frames.append((len(pcm), sample_rate))
+        return bool(self.vad.is_speech(pcm, sample_rate))
+
+
 @pytest.mark.parametrize("rate", [8000, 16000, 32000, 48000])
 @pytest.mark.parametrize("frame_ms", [10, 20, 30])
-def test_every_webrtcvad_format_is_accepted(rate: int, frame_ms: int) -> None:
+def test_every_webrtcvad_format_reaches_webrtcvad(rate: int, frame_ms: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(webrtcvad, "Vad", RecordingVad)
+    monkeypatch.setattr(RecordingVad, "made", [])
     seg = Segmenter(VadOptions(sample_rate=rate, frame_ms=frame_ms))
-    assert seg.push(np.zeros(rate * frame_ms // 1000, np.float32)) == []
+    n = rate * frame_ms // 1000
+    loud = (0.5 * np.sin(2 * np.pi * 300 * np.arange(n) / rate)).astype(np.float32)  # far above the energy gate
+    assert seg.push(loud) == []  # one frame is not yet a segment
+    assert [v.frames for v in RecordingVad.made] == [[(2 * n, rate)]]  # webrtcvad classified it, 16-bit PCM
 
 
 def test_flush() -> None:
