@@ -1,7 +1,12 @@
-"""The wire format: daemon/messages.py against docs/protocol.schema.json, and parse_command's verdicts."""
+"""The wire format: daemon/live/messages.py against docs/protocol.schema.json, and parse_command's verdicts.
+
+The set of server message types comes from the code (every subclass of `Event`) and from the schema (its
+`oneOf`), never from a list typed here, so a new event without a schema entry (or the reverse) fails.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +21,7 @@ from daemon.live.messages import (
     BadMessage,
     Command,
     Error,
+    Event,
     Final,
     Hello,
     Partial,
@@ -28,7 +34,15 @@ from daemon.live.messages import (
 )
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "protocol.schema.json").read_text())
-SERVER_TYPES = ("hello", "speech_started", "partial", "final", "speech_stopped", "status", "error", "pong")
+
+
+def event_classes(base: type[Event] = Event) -> list[type[Event]]:
+    """Every class below `base` (subclasses of subclasses too): the server messages the code can send."""
+    return [c for sub in base.__subclasses__() for c in (sub, *event_classes(sub))]
+
+
+EVENTS = {cls.type: cls for cls in event_classes()}
+SCHEMA_SERVER_TYPES = {b["$ref"].removeprefix("#/$defs/") for b in SCHEMA["oneOf"]}
 
 # jsonschema checks "date-time" only when rfc3339-validator is installed; check it here either way.
 FORMATS = jsonschema.FormatChecker()
@@ -74,8 +88,21 @@ def server_messages() -> list[dict[str, Any]]:
 
 def test_schema_is_valid() -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
-    assert {b["$ref"].rsplit("/", 1)[1] for b in SCHEMA["oneOf"]} == set(SERVER_TYPES)
     assert set(CLIENT_TYPES) <= set(SCHEMA["$defs"])
+
+
+def test_server_types_in_code_and_schema_agree() -> None:
+    assert len(EVENTS) == len(event_classes()), "two Event classes share a type"
+    assert "" not in EVENTS, "an Event subclass without a type"
+    assert set(EVENTS) == SCHEMA_SERVER_TYPES
+    for name in SCHEMA_SERVER_TYPES:
+        assert SCHEMA["$defs"][name]["properties"]["type"] == {"const": name}
+
+
+@pytest.mark.parametrize("name", sorted(EVENTS))
+def test_event_fields_are_the_schema_properties(name: str) -> None:
+    fields = {f.name for f in dataclasses.fields(EVENTS[name])}
+    assert fields | {"type", "seq"} == set(SCHEMA["$defs"][name]["properties"])
 
 
 @pytest.mark.parametrize("msg", server_messages(), ids=lambda m: m["type"])
@@ -84,7 +111,7 @@ def test_server_messages_match_schema(msg: dict[str, Any]) -> None:
 
 
 def test_every_server_type_is_covered() -> None:
-    assert {m["type"] for m in server_messages()} == set(SERVER_TYPES)
+    assert {m["type"] for m in server_messages()} == set(EVENTS)
 
 
 def _broken(base: dict[str, Any], drop: str | None = None, **change: Any) -> dict[str, Any]:
