@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .export import ExportOptions, export_bundle
+from .options import ExportOptions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                              precision=args.precision,
                              buckets=_buckets(args.buckets),
                              cache_capacity=args.cache_capacity, max_new_tokens=args.max_new_tokens)
+        from .export import export_bundle
         from .load import load_checkpoint
 
         print(f"[export] loading {args.checkpoint} with transformers ...", file=sys.stderr)

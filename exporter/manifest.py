@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sentencepiece as spm
 
 from daemon.model.bundle import CONTRACT, FORMAT, FORMAT_VERSION
 from daemon.model.checksums import sha256_of
 
-from .contract import Dims
 from .spm import CONTROL_PIECES, TRAINED_LANGUAGES
+
+if TYPE_CHECKING:
+    from .contract import Dims  # its module needs torch; the manifest itself does not
 
 PROMPT_TEMPLATE = ["\u2581", "<|startofcontext|>", "<|startoftranscript|>", "<|emo:undefined|>",
                    "<|{language}|>", "<|{language}|>", "{punctuation}", "<|noitn|>", "<|notimestamp|>",
