@@ -8,6 +8,8 @@ import argparse
 import dataclasses
 import re
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -177,3 +179,15 @@ def test_model_default_is_found_when_made(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert DaemonConfig().model == str(tmp_path / "bundle")
     assert build_config({}).model == str(tmp_path / "bundle")
     assert build_config({"model": "x"}).model == "x"
+
+
+def fake_bundle(window_s: float) -> Any:
+    return SimpleNamespace(features=SimpleNamespace(sample_rate=16000), max_window_seconds=window_s,
+                           split_search_seconds=2.0, split_window_samples=800)
+
+
+def test_vad_options_take_the_bundles_window() -> None:
+    o = DaemonConfig(model="m").vad_options(fake_bundle(10.0))
+    assert (o.max_segment_s, o.split_search_s, o.split_block_samples) == (10.0, 2.0, 800)
+    with pytest.raises(ConfigError, match="pre_roll_ms=8000"):  # fits 35 s, not this bundle's 5 s window
+        DaemonConfig(model="m", pre_roll_ms=8000).vad_options(fake_bundle(5.0))

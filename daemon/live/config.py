@@ -80,26 +80,33 @@ class DaemonConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
-        try:  # the stages' own checks are the only copy of their rules
-            self.vad_options()
-            self.decode_options()
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
+        self.vad_options()  # the stages' own checks are the only copy of their rules
+        self.decode_options()
 
     def vad_options(self, bundle: Bundle | None = None) -> VadOptions:
-        """The segmenter's options; with a bundle, its sample rate and window limits replace the defaults."""
+        """The segmenter's options; with a bundle, its sample rate and window limits replace the defaults.
+
+        Raises:
+            ConfigError: for values VadOptions rejects (with a bundle: a pre-roll longer than its window, say).
+        """
         limits: dict[str, Any] = {}
         if bundle is not None:
             limits = {"sample_rate": bundle.features.sample_rate, "max_segment_s": bundle.max_window_seconds,
                       "split_search_s": bundle.split_search_seconds,
                       "split_block_samples": bundle.split_window_samples}
-        return VadOptions(aggressiveness=self.vad_aggressiveness, pre_roll_ms=self.pre_roll_ms,
-                          end_silence_ms=self.end_silence_ms, min_speech_ms=self.min_speech_ms,
-                          min_level_dbfs=self.min_level_dbfs, **limits)
+        try:
+            return VadOptions(aggressiveness=self.vad_aggressiveness, pre_roll_ms=self.pre_roll_ms,
+                              end_silence_ms=self.end_silence_ms, min_speech_ms=self.min_speech_ms,
+                              min_level_dbfs=self.min_level_dbfs, **limits)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
 
     def decode_options(self) -> DecodeOptions:
-        return DecodeOptions(language=self.language, punctuation=self.punctuation,
-                             max_new_tokens=self.max_new_tokens, loop_guard=True)
+        try:
+            return DecodeOptions(language=self.language, punctuation=self.punctuation,
+                                 max_new_tokens=self.max_new_tokens, loop_guard=True)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
 
 
 FIELDS = {f.name: f for f in fields(DaemonConfig)}
