@@ -95,15 +95,18 @@ def spm_piece_id(path: Path, piece: str) -> int:
     return int(spm.SentencePieceProcessor(model_file=str(path)).piece_to_id(piece))
 
 
-def build_tiny(out: Path, seed: int = 13, preset: str = "a") -> Path:
-    """Write a tiny random checkpoint (save_pretrained + tokenizer.model) to `out`; return `out`."""
+def build_tiny(out: Path, seed: int = 13, preset: str = "a", max_positions: int = 512) -> Path:
+    """Write a tiny random checkpoint (save_pretrained + tokenizer.model) to `out`; return `out`.
+
+    max_positions: the decoder's position embeddings (the exporter's cache cannot be larger).
+    """
     from transformers import CohereAsrForConditionalGeneration
 
     p = PRESETS[preset]
     out.mkdir(parents=True, exist_ok=True)
     train_tokenizer(_TEXTS * 4, p.vocab_size, out / "tokenizer.model")
     torch.manual_seed(seed)
-    model = CohereAsrForConditionalGeneration(tiny_config(p)).eval()
+    model = CohereAsrForConditionalGeneration(tiny_config(p, max_positions)).eval()
     make_audio_sensitive(model, seed)
     with torch.no_grad():
         model.proj_out.bias[model.config.eos_token_id] += p.eos_boost
@@ -118,8 +121,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="folder to write the checkpoint to")
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="a")
+    ap.add_argument("--max-positions", type=int, default=512, help="decoder position embeddings")
     args = ap.parse_args()
-    print(build_tiny(args.out, args.seed, args.preset))
+    print(build_tiny(args.out, args.seed, args.preset, args.max_positions))
 
 
 if __name__ == "__main__":
