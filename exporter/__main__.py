@@ -7,12 +7,16 @@ import logging
 import sys
 from pathlib import Path
 
+from daemon import __version__
+
 from .options import ExportOptions
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m exporter",
+    called = Path(sys.argv[0]).name  # cohere-transcribe-export, or __main__.py under python -m
+    ap = argparse.ArgumentParser(prog="python -m exporter" if called.endswith(".py") else called,
                                  description="Export a Cohere Transcribe checkpoint to a daemon bundle.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("--checkpoint", required=True,
                     help="hub id (e.g. CohereLabs/cohere-transcribe-03-2026, needs your login) or a local "
                          "save_pretrained folder that also holds tokenizer.model")
@@ -41,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[export] loading {args.checkpoint} with transformers ...", file=sys.stderr)
         ckpt = load_checkpoint(args.checkpoint)
         path = export_bundle(ckpt, args.out, opts)
+    except ModuleNotFoundError as e:  # the runtime's install lacks the export toolchain
+        print(f"error: the exporter needs {e.name}: pip install 'cohere-transcribe-daemon[export]'", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -134,7 +134,7 @@ def test_console_scripts_return_their_exit_status() -> None:
         assert [a.arg for a in main.args.args] == ["argv"], target
 
 
-@pytest.mark.parametrize("module", ["daemon.cli", "clients.cli"])
+@pytest.mark.parametrize("module", ["daemon.cli", "clients.cli", "exporter.__main__"])
 def test_version_flag(module: str, capsys: pytest.CaptureFixture[str]) -> None:
     main = importlib.import_module(module).main
     with pytest.raises(SystemExit) as e:
@@ -245,9 +245,12 @@ def test_fresh_venv_transcribes_with_the_default_model(tmp_path: Path) -> None:
                               cwd=work, env=env)
 
     wanted = version("cohere-transcribe-daemon")
-    for name in ("cohere-transcribe", "cohere-captions"):
+    for name in ("cohere-transcribe", "cohere-captions", "cohere-transcribe-export"):
         r = script(name, "--version")
-        assert r.returncode == 0 and r.stdout.split()[-1] == wanted, (name, r.stdout, r.stderr)
+        assert r.returncode == 0 and r.stdout.split() == [name, wanted], (name, r.stdout, r.stderr)
+    r = script("cohere-transcribe-export", "--checkpoint", "ckpt", "--out", "bundle")  # no export extra here
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: the exporter needs torch: pip install 'cohere-transcribe-daemon[export]'"], r.stderr
 
     r = script("cohere-transcribe", "transcribe", str(ROOT / "samples" / "demo-es.wav"), "--language", "es", "--vad")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
