@@ -74,8 +74,9 @@ class Daemon:
             self.server.listeners.append(self.writer)
         self.model_name = str(self.bundle.manifest.get("source", {}).get("checkpoint", config.model))
         self.engine: CaptionEngine | None = None
+        self.listening = asyncio.Event()  # set once the server accepts clients (and /health)
         self._stop = asyncio.Event()
-        self._feed_scope = anyio.CancelScope()
+        self._feed_scope: anyio.CancelScope | None = None  # made in run(): anyio needs the running loop
 
     # -- what clients see -------------------------------------------------------------------------------------
 
@@ -133,11 +134,13 @@ class Daemon:
     async def run(self) -> None:
         """Serve until stop(); a task that fails ends the run with its exception (in an ExceptionGroup)."""
         restore_signals = install_stop_handlers(self.stop)
+        self._feed_scope = anyio.CancelScope()
         try:
             self.source.start()  # from here on audio is kept while the model loads
             await self.server.start()  # ConfigError when the port is taken
             log.info("listening on ws://%s:%d (GET /health) — source: %s", self.config.host, self.server.port,
                      self.source.name)
+            self.listening.set()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._load_and_serve, tg)
                 await self._stop.wait()
@@ -177,6 +180,7 @@ class Daemon:
     async def _feed(self, engine: CaptionEngine) -> None:
         watch = SilenceWatch() if isinstance(self.source, MicSource) else None
         paced_by_model = getattr(self.source, "fast", False)
+        assert self._feed_scope is not None
         with self._feed_scope:
             async for frame in self.source.frames():
                 if self._stop.is_set():  # shutting down: the open segment was finalized, no audio after it
@@ -212,7 +216,8 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         log.info("shutting down: finishing the open segment")
-        self._feed_scope.cancel()
+        if self._feed_scope is not None:
+            self._feed_scope.cancel()
         engine = self.engine
         if engine is not None:
             engine.finalize()
@@ -228,7 +233,7 @@ def install_stop_handlers(stop: Callable[[], None]) -> Callable[[], None]:
     """Make SIGINT and SIGTERM call stop() on the running loop; returns a function that undoes it.
 
     loop.add_signal_handler does not exist on Windows (NotImplementedError): there a plain signal.signal
-    handler hands the call to the loop with call_soon_threadsafe.
+    handler hands the call to the loop with call_soon_threadsafe. Off the main thread nothing is installed.
     """
     loop = asyncio.get_running_loop()
     undo: list[Callable[[], object]] = []
@@ -240,9 +245,11 @@ def install_stop_handlers(stop: Callable[[], None]) -> Callable[[], None]:
         try:
             loop.add_signal_handler(sig, stop)
             undo.append(functools.partial(loop.remove_signal_handler, sig))
-        except NotImplementedError:
+        except NotImplementedError:  # Windows
             previous = signal.signal(sig, threadsafe)
             undo.append(functools.partial(signal.signal, sig, previous))
+        except (RuntimeError, ValueError):  # not the main thread: only the main thread can handle signals
+            log.debug("signal %s is left to the main thread", sig.name)
 
     def restore() -> None:
         for u in undo:
