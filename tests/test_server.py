@@ -14,8 +14,9 @@ import urllib.request
 import pytest
 from websockets.asyncio.client import connect
 
+from daemon.errors import ConfigError
 from daemon.live.messages import PROTOCOL, Command, Final, Hello, Partial, Pong, Settings
-from daemon.live.server import CLOSE_TOO_SLOW, CaptionServer
+from daemon.live.server import CLOSE_S, CLOSE_TOO_SLOW, FLUSH_S, CaptionServer
 
 SETTINGS = Settings("en", True, False)
 
@@ -66,11 +67,20 @@ def close_code(data: bytes) -> int | None:
     return None
 
 
-async def drain_close_code(sock: socket.socket, timeout: float = 5.0) -> int | None:
+async def poll_until(condition, within_s: float = 10.0, step_s: float = 0.005) -> None:
+    """Wait until condition() holds, looking every step_s (the test watches server state from outside)."""
+    for _ in range(int(within_s / step_s)):
+        if condition():
+            return
+        await asyncio.sleep(step_s)
+    raise TimeoutError(f"not within {within_s} s")
+
+
+async def drain_close_code(sock: socket.socket, within_s: float = 5.0) -> int | None:
     """Read everything the server queued for the stalled client; return the close code at its end."""
     sock.setblocking(False)
     data = b""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline and close_code(data) is None:
         try:
             chunk = sock.recv(1 << 20)
@@ -93,8 +103,7 @@ async def fan_out(n_clients: int, with_stalled: bool) -> tuple[list[list], list[
     outs: list[list] = [[] for _ in range(n_clients)]
     tasks = [asyncio.create_task(reader(url, o, 1 + n_finals * (per_round + 2))) for o in outs]
     stalled = await asyncio.to_thread(stalled_socket, server.port) if with_stalled else None
-    while server.n_clients < n_clients + with_stalled:
-        await asyncio.sleep(0.01)
+    await poll_until(lambda: server.n_clients == n_clients + with_stalled)
     sent_at, code = {}, None
     filler = "x" * 16000  # partials big enough to fill a stalled socket's kernel buffers quickly
     for k in range(n_finals):
@@ -103,8 +112,8 @@ async def fan_out(n_clients: int, with_stalled: bool) -> tuple[list[list], list[
         seq = server.broadcast(Final(k, float(k), k + 0.5, f"final {k}", "en", "eos"))
         sent_at[seq] = time.monotonic()
         server.broadcast(Partial(k, float(k), "", "tail"))
-        while min(len(o) for o in outs) < 1 + (k + 1) * (per_round + 2):  # let readers catch up
-            await asyncio.sleep(0.002)
+        await poll_until(lambda k=k: min(len(o) for o in outs) >= 1 + (k + 1) * (per_round + 2),  # readers
+                         within_s=30, step_s=0.002)  # catch up
         if stalled is not None and code is None and server.n_clients == n_clients:
             code = await drain_close_code(stalled)  # the server gave up on it: read what it sent
     await asyncio.wait_for(asyncio.gather(*tasks), 30)
@@ -185,3 +194,88 @@ def test_unknown_path_is_404(path: str) -> None:
         return 200
 
     assert asyncio.run(scenario()) == 404
+
+
+def test_health_with_a_query_string() -> None:
+    async def scenario() -> dict:
+        server = make_server()
+        await server.start()
+        try:
+            return await asyncio.to_thread(lambda: json.loads(urllib.request.urlopen(
+                f"http://127.0.0.1:{server.port}/health?x=1", timeout=5).read()))
+        finally:
+            await server.close()
+
+    assert asyncio.run(scenario()) == {"status": "ok", "queue_depth": 0}
+
+
+def test_a_failing_listener_is_isolated_and_reported_once() -> None:
+    """A listener that raises on every message: every client still gets every event, plus one `status`
+    warning (listener_failed) that names it; the server keeps it in `warnings`."""
+    calls: list[dict] = []
+
+    def broken_listener(message: dict) -> None:
+        calls.append(message)
+        raise OSError(28, "No space left on device")
+
+    async def scenario() -> tuple[list[dict], CaptionServer]:
+        server = make_server()
+        server.listeners.append(broken_listener)
+        seen: list[dict] = []
+        server.listeners.append(seen.append)  # a second listener still sees everything
+        await server.start()
+        async with connect(f"ws://127.0.0.1:{server.port}") as ws:
+            await ws.recv()  # hello
+            for k in range(3):
+                server.broadcast(Final(k, float(k), k + 0.5, f"t{k}", "en", "eos"))
+            got = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(4)]
+        await server.close()
+        assert [m["type"] for m in seen] == ["final", "status", "final", "final"]
+        return got, server
+
+    got, server = asyncio.run(scenario())
+    assert [m["type"] for m in got] == ["final", "status", "final", "final"]
+    assert [m["text"] for m in got if m["type"] == "final"] == ["t0", "t1", "t2"]
+    status = got[1]
+    assert status["level"] == "warning" and status["code"] == "listener_failed"
+    assert "broken_listener" in status["message"] and "No space left" in status["message"]
+    assert len(server.warnings) == 1 and len(calls) == 4
+
+
+def test_a_port_in_use_is_a_config_error() -> None:
+    async def scenario() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            server = CaptionServer("127.0.0.1", taken.getsockname()[1], lambda finals: None, lambda c: None,
+                                   lambda: {})
+            await server.start()
+
+    with pytest.raises(ConfigError, match=r"cannot listen on 127\.0\.0\.1:"):
+        asyncio.run(scenario())
+
+
+def test_close_flushes_stalled_clients_in_parallel() -> None:
+    """Four clients that stopped reading, each with messages still queued: close() gives them FLUSH_S all at
+    once (one by one it took FLUSH_S each), and one that does not take the close frame is cut off after CLOSE_S
+    (it held the shutdown until the ping timeout, 20 s)."""
+    n = 4
+
+    async def scenario() -> float:
+        server = make_server()
+        await server.start()
+        socks = [await asyncio.to_thread(stalled_socket, server.port) for _ in range(n)]
+        await poll_until(lambda: server.n_clients == n)
+        for _ in range(120):  # 120 × 100 kB: more than the kernel buffers hold, fewer than SEND_QUEUE messages
+            server.broadcast(Partial(0, 0.0, "", "x" * 100_000))
+            await asyncio.sleep(0)
+        assert server.n_clients == n
+        t0 = time.monotonic()
+        await server.close()
+        elapsed = time.monotonic() - t0
+        for s in socks:
+            s.close()
+        return elapsed
+
+    elapsed = asyncio.run(scenario())
+    assert FLUSH_S * 0.9 <= elapsed < n * FLUSH_S + CLOSE_S, elapsed  # in parallel, not one by one

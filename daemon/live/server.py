@@ -33,6 +33,7 @@ CLOSE_TOO_SLOW = 4008
 CLOSE_SHUTDOWN = 1001
 RECENT_FINALS = 50  # finals replayed in `hello`
 FLUSH_S = 1.0  # at shutdown, how long a client may take to receive what is queued for it
+CLOSE_S = 2.0  # ... and then to take the close frame
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -41,6 +42,7 @@ Listener = Callable[[dict[str, Any]], None]
 class _Client:
     ws: ServerConnection
     queue: asyncio.Queue[str]
+    sender: asyncio.Task[None] | None = None
 
 
 class CaptionServer:
@@ -129,7 +131,7 @@ class CaptionServer:
         client = _Client(ws, asyncio.Queue(maxsize=SEND_QUEUE))
         client.queue.put_nowait(self._hello(list(self.recent_finals)).to_json(self.seq))
         self._clients.add(client)
-        sender = asyncio.create_task(self._sender(client))
+        sender = client.sender = asyncio.create_task(self._sender(client))
         try:
             async for raw in ws:
                 reply = self._command(raw)
@@ -170,10 +172,20 @@ class CaptionServer:
         server, self._server = self._server, None
         clients = list(self._clients)
         await asyncio.gather(*(self._flush(c) for c in clients))
+        for c in clients:  # a client still not reading holds its sender in a send that may never finish
+            if c.sender is not None:
+                c.sender.cancel()
         server.close(close_connections=False)
-        await asyncio.gather(*(c.ws.close(CLOSE_SHUTDOWN, "daemon shutting down") for c in clients),
-                             *self._closing, return_exceptions=True)
+        await asyncio.gather(*(self._close_client(c) for c in clients), *self._closing, return_exceptions=True)
         await server.wait_closed()
+
+    async def _close_client(self, client: _Client) -> None:
+        """Close with 1001; a client that does not take the close frame within CLOSE_S is cut off."""
+        with anyio.move_on_after(CLOSE_S):
+            await client.ws.close(CLOSE_SHUTDOWN, "daemon shutting down")
+            return
+        log.warning("a client did not take the close frame within %.0f s; cutting the connection", CLOSE_S)
+        client.ws.transport.abort()
 
     async def _flush(self, client: _Client) -> None:
         with anyio.move_on_after(FLUSH_S):
