@@ -355,3 +355,14 @@ def test_pause_and_resume_over_a_websocket_keep_the_stream_clock(tmp_path: Path)
     # the segmenter's 300 ms pre-roll may reach before the first speech; espeak starts with a little silence
     assert starts[2] - 0.4 <= started[0]["start"] <= starts[2] + 0.4, (started, starts)
     assert wer(texts[2:], [of("final", msgs)[1]["text"]]) <= 0.15
+
+
+def test_the_silence_watch_warns_once_per_run_of_digital_silence() -> None:
+    from daemon.live.capture import SilenceWatch
+
+    watch = SilenceWatch(seconds=5.0)
+    zeros, sound = np.zeros(480, np.float32), np.full(480, 1e-4, np.float32)
+    warnings = [watch.check(zeros) for _ in range(int(5.1 * SR / 480))]
+    assert sum(w is not None for w in warnings) == 1 and "digital silence for 5 s" in next(w for w in warnings if w)
+    assert watch.check(sound) is None  # sound resets it: the next long silence warns again
+    assert sum(watch.check(zeros) is not None for _ in range(int(5.1 * SR / 480))) == 1
