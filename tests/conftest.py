@@ -1,7 +1,10 @@
-"""Fixtures: tiny random checkpoints (two configs), their bundles, and the transformers reference objects."""
+"""Fixtures: tiny random checkpoints (two configs), their bundles, and the transformers reference objects; and
+the `slow` marker on every test that needs the export toolchain (the `export` extra: torch, transformers, onnx,
+coremltools), so that `pytest -m "not slow"` runs the runtime's tests without it."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +13,28 @@ import pytest
 
 PRESETS = ("a", "b")
 BUCKETS = "1000,3500"
+
+TOOLCHAIN = ("torch", "transformers", "onnx", "coremltools")
+HAS_TOOLCHAIN = all(importlib.util.find_spec(name) is not None for name in TOOLCHAIN)
+# Test modules that import the toolchain as they are imported: all their tests are slow, and without the
+# `export` extra they are not collected. Elsewhere, a test is slow when it uses one of TOOLCHAIN_FIXTURES or
+# is marked itself.
+TOOLCHAIN_MODULES = ("test_coreml_spec.py", "test_demo_model.py", "test_features.py", "test_onnx_weights.py",
+                     "test_parity.py")
+TOOLCHAIN_FIXTURES = {"tiny_checkpoints", "tiny_bundles", "hf_models", "hf_features"}
+collect_ignore = [] if HAS_TOOLCHAIN else list(TOOLCHAIN_MODULES)
+
+
+def pytest_report_header() -> str | None:
+    if HAS_TOOLCHAIN:
+        return None
+    return f"export toolchain missing: not collected {', '.join(TOOLCHAIN_MODULES)}; run with -m 'not slow'"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in TOOLCHAIN_MODULES or TOOLCHAIN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

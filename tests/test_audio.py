@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from daemon.audio.files import load_audio
 from daemon.audio.windows import split_windows
@@ -17,7 +16,9 @@ SR = 16000
 
 
 @pytest.mark.parametrize("seconds", [36.0, 71.3, 106.0])
-def test_split_matches_reference(seconds: float, hf_features) -> None:
+def test_split_matches_reference(seconds: float, hf_features) -> None:  # slow: hf_features needs transformers
+    import torch
+
     rng = np.random.default_rng(int(seconds))
     n = int(seconds * SR)
     x = (rng.normal(0, 0.1, n) * (1.2 + np.sin(np.arange(n) / 3000.0))).astype(np.float32)

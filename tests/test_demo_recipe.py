@@ -1,13 +1,10 @@
-"""Pieces of the demo training recipe (exporter/demo): its data split and checkpoint averaging."""
+"""Pieces of the demo training recipe (exporter/demo): its data split and checkpoint averaging (needs torch)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-from torch import nn
 
 from exporter.demo import grammar
-from exporter.demo.train import average_into
 
 
 @pytest.mark.parametrize("lang", grammar.LANGUAGES)
@@ -23,7 +20,13 @@ def test_validation_sentences_are_unseen_and_apart_from_the_test_set(lang) -> No
     assert unseen[:len(test)] == test
 
 
+@pytest.mark.slow
 def test_average_into_loads_the_mean_of_float_weights() -> None:
+    import torch
+    from torch import nn
+
+    from exporter.demo.train import average_into
+
     model = nn.BatchNorm1d(3)
     snapshots = []
     for k in range(3):

@@ -17,6 +17,7 @@ from bench.procs import MemoryGuard
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # the export toolchain (exporter, transformers)
 def test_tokenizer_has_16384_pieces_with_the_real_ids(tmp_path):
     from daemon.model.tokenizer import Tokenizer
     from exporter.manifest import PROMPT_TEMPLATE, token_ids
@@ -33,6 +34,7 @@ def test_tokenizer_has_16384_pieces_with_the_real_ids(tmp_path):
     assert tok.decode(tok.encode(text)) == text  # ordinary pieces and byte fallback still work
 
 
+@pytest.mark.slow  # the export toolchain (exporter, transformers)
 def test_real_shape_flops_per_layer():
     f = encoder_flops(full_config(48, 8).encoder_config, 3500)
     assert f["frames_out"] == 438
@@ -44,6 +46,7 @@ def test_real_shape_flops_per_layer():
         == pytest.approx(linear + 2 * 438 * 1280 * 9, rel=1e-9)
 
 
+@pytest.mark.slow  # the export toolchain (exporter, transformers)
 @pytest.mark.parametrize("frames", [500, 1003])
 def test_flop_count_equals_the_exported_graphs(tmp_path, frames):
     """encoder_flops + export_extra_flops == every MatMul/Conv of our exported encoder graph."""
