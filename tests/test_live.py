@@ -169,6 +169,7 @@ def virtual_mic(tmp_path: Path):
     threading.Thread(target=zeros, daemon=True).start()
     yield env
     keep.kill()
+    keep.communicate()  # reaps it and closes its stdin pipe
     pulse.terminate()
     pulse.wait(10)
 
