@@ -96,7 +96,8 @@ def _cmvn(logmel: npt.NDArray[np.float64], eps: float) -> npt.NDArray[np.float64
     """Per-feature mean/variance normalisation over frames (axis 0), variance with ddof=1."""
     mean = logmel.mean(axis=0)
     std = logmel.std(axis=0, ddof=1)
-    return (logmel - mean) / (std + eps)
+    normalised: npt.NDArray[np.float64] = (logmel - mean) / (std + eps)
+    return normalised
 
 
 def pad_frames(features: npt.NDArray[np.float32], n_frames: int) -> npt.NDArray[np.float32]:

@@ -77,8 +77,8 @@ class StreamingDetokenizer:
                 return self._emit(out + self._tok._text_of[token_id].decode("utf-8"))
             return self._emit(self._tok._text_of[token_id].decode("utf-8"))
         n_complete = _complete_prefix(self._pending)
-        out, self._pending = self._pending[:n_complete], self._pending[n_complete:]
-        return self._emit(out.decode("utf-8", errors="replace"))
+        done, self._pending = self._pending[:n_complete], self._pending[n_complete:]
+        return self._emit(done.decode("utf-8", errors="replace"))
 
     def push_many(self, ids: Iterable[int]) -> str:
         """Add several tokens; return the concatenated completed text."""
