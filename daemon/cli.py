@@ -125,6 +125,7 @@ def _devices(args: argparse.Namespace) -> int:
 def _transcribe(args: argparse.Namespace) -> int:
     from daemon.audio.files import load_audio
     from daemon.audio.vad import VadOptions, speech_spans
+    from daemon.live.config import window_limits
     from daemon.model.decode import DecodeOptions
     from daemon.model.locate import default_model
     from daemon.model.transcriber import load_transcriber
@@ -134,7 +135,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     options = DecodeOptions(language=args.language, punctuation=args.punctuation,
                             max_new_tokens=args.max_new_tokens, ignore_eos=args.ignore_eos,
                             eos_logit_bias=args.eos_bias)
-    vad = VadOptions(sample_rate=tr.sample_rate) if args.vad else None
+    vad = VadOptions(**window_limits(tr.bundle)) if args.vad else None  # serve's segmenter, this model's window
     for f in args.files:
         samples = load_audio(f, tr.sample_rate)
         spans = speech_spans(samples, vad) if vad is not None else None

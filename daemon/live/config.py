@@ -89,11 +89,7 @@ class DaemonConfig:
         Raises:
             ConfigError: for values VadOptions rejects (with a bundle: a pre-roll longer than its window, say).
         """
-        limits: dict[str, Any] = {}
-        if bundle is not None:
-            limits = {"sample_rate": bundle.features.sample_rate, "max_segment_s": bundle.max_window_seconds,
-                      "split_search_s": bundle.split_search_seconds,
-                      "split_block_samples": bundle.split_window_samples}
+        limits = window_limits(bundle) if bundle is not None else {}
         try:
             return VadOptions(aggressiveness=self.vad_aggressiveness, pre_roll_ms=self.pre_roll_ms,
                               end_silence_ms=self.end_silence_ms, min_speech_ms=self.min_speech_ms,
@@ -107,6 +103,12 @@ class DaemonConfig:
                                  max_new_tokens=self.max_new_tokens, loop_guard=True)
         except ValueError as e:
             raise ConfigError(str(e)) from e
+
+
+def window_limits(bundle: Bundle) -> dict[str, Any]:
+    """The VadOptions fields a bundle decides: its sample rate and its window (≤ 35 s, cut like the reference)."""
+    return {"sample_rate": bundle.features.sample_rate, "max_segment_s": bundle.max_window_seconds,
+            "split_search_s": bundle.split_search_seconds, "split_block_samples": bundle.split_window_samples}
 
 
 FIELDS = {f.name: f for f in fields(DaemonConfig)}
