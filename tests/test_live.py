@@ -15,29 +15,10 @@ import soundfile as sf
 import soxr
 
 from devtools.daemon_process import DEMO, ROOT, Daemon, collect, wer
-from devtools.speech import espeak
-from exporter.demo import grammar
+from devtools.speech import heldout_sentences as sentences
+from devtools.speech import program
 
 SR = 16000
-GAP_S = 1.5
-
-
-def sentences(n: int, lang: str = "en") -> list[str]:
-    """Held-out sentences of the demo model's grammar (never in its training set), long ones first."""
-    test = grammar.demo_heldout(lang)
-    return sorted(test, key=len, reverse=True)[:n]
-
-
-def program(texts: list[str], lang: str = "en") -> tuple[np.ndarray, list[float]]:
-    """Sentences spoken by espeak-ng with gaps of silence; returns audio and each sentence's duration."""
-    voice = "en-us" if lang == "en" else "es"
-    gap = np.zeros(int(GAP_S * SR), np.float32)
-    parts, durations = [gap], []
-    for t in texts:
-        x = espeak(t, voice, 150) * 0.8
-        parts += [x, gap]
-        durations.append(len(x) / SR)
-    return np.concatenate(parts), durations
 
 
 def n_finals(k: int):
