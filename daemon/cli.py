@@ -96,6 +96,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     a("--rate", "sample rate of stdin PCM", type=int)
     a("--host", "address to listen on; 127.0.0.1 is this machine only")
     a("--port", "port for websockets and GET /health", type=int)
+    a("--token", "secret every client must send (needed off loopback); prefer the COHERE_TRANSCRIBE_TOKEN "
+      "environment variable or the config file, which other users cannot see in the process list")
+    a("--allowed-origins", "web pages allowed to connect besides the daemon's own, comma-separated "
+      "(e.g. https://captions.example)")
     a("--vad-aggressiveness", "webrtcvad mode 0-3", type=int, choices=range(4))
     a("--pre-roll-ms", "audio kept before speech onset", type=int)
     a("--end-silence-ms", "silence that ends a segment", type=int)

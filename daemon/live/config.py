@@ -9,6 +9,7 @@ ConfigError before anything is loaded.
 
 from __future__ import annotations
 
+import os
 import tomllib
 import types
 import typing
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from daemon.audio import SAMPLE_RATE
 from daemon.audio.vad import VadOptions
 from daemon.errors import ConfigError
+from daemon.live.access import TOKEN_ENV, is_loopback, origins_problem, token_problem
 from daemon.model.backends import BACKENDS
 from daemon.model.decode import DecodeOptions
 from daemon.model.locate import default_model
@@ -61,6 +63,8 @@ class DaemonConfig:
     partial_interval_ms: int = 500
     # server
     host: str = "127.0.0.1"
+    token: str | None = None  # required by every client when set; needed to bind anything but loopback
+    allowed_origins: str | None = None  # web pages (origins, comma-separated) allowed besides the daemon's own
     port: int = 8765
     transcripts: str | None = None  # folder for live JSONL transcripts
     log_level: str = "INFO"
@@ -80,8 +84,19 @@ class DaemonConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        self._check_access()
         self.vad_options()  # the stages' own checks are the only copy of their rules
         self.decode_options()
+
+    def _check_access(self) -> None:
+        """A token that can travel in a header; none at all is only allowed on loopback."""
+        if self.token is not None and (problem := token_problem(self.token)):
+            raise ConfigError(problem)
+        if self.token is None and not is_loopback(self.host):
+            raise ConfigError(f"listening on {self.host} (not loopback) needs a token: --token, token = in the "
+                              f"config file, or {TOKEN_ENV}")
+        if problem := origins_problem(self.allowed_origins):
+            raise ConfigError(problem)
 
     def vad_options(self, bundle: Bundle | None = None) -> VadOptions:
         """The segmenter's options; with a bundle, its sample rate and window limits replace the defaults.
@@ -170,13 +185,16 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(cli: dict[str, Any], config_file: str | None = None) -> DaemonConfig:
-    """Defaults ← TOML file ← flags given on the command line (None means "not given").
+    """Defaults ← TOML file ← flags given on the command line (None means "not given"); the token may also
+    come from the environment (COHERE_TRANSCRIBE_TOKEN), over the file, under the flag.
 
     Raises:
         ConfigError: for an unreadable file, an unknown key, a value of the wrong type or out of range.
     """
     values = load_toml(config_file) if config_file else {}
     values.update({k: v for k, v in cli.items() if v is not None and k in FIELDS})
+    if cli.get("token") is None and os.environ.get(TOKEN_ENV):
+        values["token"] = os.environ[TOKEN_ENV]  # the flag wins over the environment, which wins over the file
     for name, value in values.items():
         check_type(name, value)  # before the default model is looked for, so the first mistake is named
     return DaemonConfig(**values)
