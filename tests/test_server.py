@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import socket
 import statistics
 import time
@@ -13,20 +11,11 @@ import urllib.request
 
 import pytest
 from websockets.asyncio.client import connect
+from wsclients import drain_close_code, make_server, poll_until, stalled_socket
 
 from daemon.errors import ConfigError
-from daemon.live.messages import PROTOCOL, Command, Final, Hello, Partial, Pong, Settings
+from daemon.live.messages import PROTOCOL, Final, Partial
 from daemon.live.server import CLOSE_S, CLOSE_TOO_SLOW, FLUSH_S, CaptionServer
-
-SETTINGS = Settings("en", True, False)
-
-
-def make_server() -> CaptionServer:
-    def on_command(cmd: Command):
-        return Pong(cmd.id) if cmd.type == "ping" else None
-
-    return CaptionServer("127.0.0.1", 0, lambda finals: Hello(PROTOCOL, "test", "onnx", SETTINGS, finals), on_command,
-                         lambda: {"status": "ok", "queue_depth": 0})
 
 
 async def reader(url: str, out: list, stop_after: int) -> None:
@@ -35,63 +24,6 @@ async def reader(url: str, out: list, stop_after: int) -> None:
             m = json.loads(await ws.recv())
             out.append((time.monotonic(), m))
 
-
-def stalled_socket(port: int) -> socket.socket:
-    """A raw websocket client with a tiny receive buffer that never reads after the handshake."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
-    assert b" 101 " in head
-    return s
-
-
-def close_code(data: bytes) -> int | None:
-    """Walk unmasked server frames; return the code of the close frame, if any."""
-    i = 0
-    while i + 2 <= len(data):
-        op, n = data[i] & 0x0F, data[i + 1] & 0x7F
-        i += 2
-        if n == 126:
-            n, i = int.from_bytes(data[i : i + 2], "big"), i + 2
-        elif n == 127:
-            n, i = int.from_bytes(data[i : i + 8], "big"), i + 8
-        if op == 0x8:
-            return int.from_bytes(data[i : i + 2], "big")
-        i += n
-    return None
-
-
-async def poll_until(condition, within_s: float = 10.0, step_s: float = 0.005) -> None:
-    """Wait until condition() holds, looking every step_s (the test watches server state from outside)."""
-    for _ in range(int(within_s / step_s)):
-        if condition():
-            return
-        await asyncio.sleep(step_s)
-    raise TimeoutError(f"not within {within_s} s")
-
-
-async def drain_close_code(sock: socket.socket, within_s: float = 5.0) -> int | None:
-    """Read everything the server queued for the stalled client; return the close code at its end."""
-    sock.setblocking(False)
-    data = b""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline and close_code(data) is None:
-        try:
-            chunk = sock.recv(1 << 20)
-            if not chunk:
-                break
-            data += chunk
-        except BlockingIOError:
-            await asyncio.sleep(0.005)
-        except ConnectionResetError:
-            break
-    return close_code(data)
 
 
 async def fan_out(n_clients: int, with_stalled: bool) -> tuple[list[list], list[float], int | None]:

@@ -125,7 +125,7 @@ def origin_allowed(policy: AccessPolicy, port: int, origin: str | None, host: st
         return False
     names = policy.names()
     own_names = {host} if names is None else names
-    return parts.scheme in ("http", "https") and parts.hostname in own_names and origin_port == port
+    return parts.scheme == "http" and parts.hostname in own_names and origin_port == port  # it serves http
 
 
 def request_token(request: Handshake) -> str | None:

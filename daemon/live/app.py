@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup
 
 from daemon.audio import SAMPLE_RATE
 from daemon.errors import BundleError, ConfigError, DaemonError
+from daemon.live.access import AccessPolicy, parse_origins
 from daemon.live.capture import MicSource, SilenceWatch, open_source
 from daemon.live.config import DaemonConfig
 from daemon.live.engine import CaptionEngine
@@ -68,7 +69,8 @@ class Daemon:
         self.bundle = load_bundle(config.model)  # parse and presence checks: fast; checksums come later
         check_startup(config, self.bundle)
         self.source = open_source(config.source, config.device, config.rate, config.fast)
-        self.server = CaptionServer(config.host, config.port, self._hello, self._command, self._health)
+        policy = AccessPolicy(config.host, config.token, parse_origins(config.allowed_origins))
+        self.server = CaptionServer(config.host, config.port, self._hello, self._command, self._health, policy)
         self.writer = TranscriptWriter(config.transcripts) if config.transcripts else None
         if self.writer is not None:
             self.server.listeners.append(self.writer)
