@@ -17,6 +17,7 @@ import asyncio
 import functools
 import logging
 import signal
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -175,7 +176,7 @@ class Daemon:
     def _load_transcriber(self) -> Transcriber:
         """The slow part of loading (in a thread): the backend, the checksums it needs, warm-up."""
         c = self.config
-        tr = load_transcriber(self.bundle, c.backend, c.dither, verify=c.verify)
+        tr = load_transcriber(self.bundle, c.backend, c.dither, verify=c.verify, compute_units=c.compute_units)
         tr.warm_up()
         return tr
 
@@ -261,12 +262,13 @@ def install_stop_handlers(stop: Callable[[], None]) -> Callable[[], None]:
 
 
 def _summary(seconds: Any) -> dict[str, float | int | None]:
-    """Median and p95 in ms of the recent VAD-close → final latencies."""
-    xs = sorted(seconds)
+    """Median and p95 in ms of the recent VAD-close → final latencies; p95 interpolates linearly between
+    samples (statistics.quantiles, method "inclusive", numpy's default), so median ≤ p95 ≤ max always."""
+    xs = [1000 * x for x in seconds]
     if not xs:
         return {"median": None, "p95": None, "n": 0}
-    return {"median": round(1000 * xs[len(xs) // 2], 1), "p95": round(1000 * xs[int(0.95 * (len(xs) - 1))], 1),
-            "n": len(xs)}
+    p95 = statistics.quantiles(xs, n=20, method="inclusive")[18] if len(xs) > 1 else xs[0]
+    return {"median": round(statistics.median(xs), 1), "p95": round(p95, 1), "n": len(xs)}
 
 
 def run_daemon(config: DaemonConfig) -> int:

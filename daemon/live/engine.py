@@ -4,7 +4,8 @@ The worker decodes one job at a time off the event loop, so inference never bloc
 at once. Jobs wait in a JobQueue (daemon.live.jobs): finals are never dropped, partials coalesce. A partial that
 comes back after its segment closed is discarded; the final is a fresh decode of the closed segment. The text of
 partials follows StablePrefix (daemon.live.captions). Delivery is isolated: an `emit` that raises is logged
-(once per kind) and kept in `warnings`, and captions go on.
+(once per kind) and kept in `warnings`, and captions go on. Commands cannot flood: settings changes are
+announced at most once per ANNOUNCE_S (the latest wins), and `finalize` never drops speech as a blip.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from daemon.model.transcriber import Transcriber
 log = logging.getLogger(__name__)
 
 Decoded = tuple[str, DecodeResult]  # text, and the decoder's result
+ANNOUNCE_S = 0.5  # settings-change statuses go out at most this often; changes in between are coalesced
 
 
 @dataclass
@@ -60,6 +62,8 @@ class CaptionEngine:
         self.final_latencies: deque[float] = deque(maxlen=1000)  # s from segment close to final emitted
         self.warnings: list[str] = []  # delivery failures, one per kind
         self._failed_kinds: set[str] = set()
+        self._pending_status: Status | None = None  # a settings change waiting for ANNOUNCE_S to pass
+        self._announced_at = float("-inf")
 
     # -- settings and commands -------------------------------------------------------------------------------
 
@@ -77,24 +81,40 @@ class CaptionEngine:
         build_prompt(self.transcriber.bundle, self.transcriber.tokenizer, lang, pnc)  # raises ConfigError
         self.settings = replace(self.settings, language=lang, punctuation=pnc)
         if announce:
-            self._emit(Status("info", "settings_changed",
-                              f"language {lang}, punctuation {'on' if pnc else 'off'}", self.settings))
+            self._announce(Status("info", "settings_changed",
+                                  f"language {lang}, punctuation {'on' if pnc else 'off'}", self.settings))
         return self.settings
 
     def finalize(self) -> None:
-        """Close the open segment now (its final follows)."""
+        """Close the open segment now (its final follows). A segment still short of min_speech_ms stays open:
+        closing it would drop it as a blip, and a client asking for a final never means to lose speech."""
+        if self.segmenter.is_open and self.segmenter.current_segment is None:
+            return
         self._handle(self.segmenter.flush())
 
     def pause(self) -> None:
         if not self.settings.paused:
             self.finalize()
             self.settings = replace(self.settings, paused=True)
-            self._emit(Status("info", "paused", "captioning paused", self.settings))
+            self._announce(Status("info", "paused", "captioning paused", self.settings))
 
     def resume(self) -> None:
         if self.settings.paused:
             self.settings = replace(self.settings, paused=False)
-            self._emit(Status("info", "resumed", "captioning resumed", self.settings))
+            self._announce(Status("info", "resumed", "captioning resumed", self.settings))
+
+    def _announce(self, status: Status) -> None:
+        """Emit a settings status now, or, within ANNOUNCE_S of the last one, at a later tick (the latest
+        status then stands for all the changes in between: it carries the settings as they are)."""
+        self._pending_status = status
+        self._announce_due()
+
+    def _announce_due(self) -> None:
+        status, now = self._pending_status, time.monotonic()
+        if status is None or now - self._announced_at < ANNOUNCE_S:
+            return
+        self._pending_status, self._announced_at = None, now
+        self._emit(replace(status, settings=self.settings))
 
     # -- audio in ---------------------------------------------------------------------------------------------
 
@@ -123,7 +143,9 @@ class CaptionEngine:
         self.jobs.put_final(Job("final", ev.segment, ev.start, ev.audio, self.decode_options()))
 
     def tick(self) -> None:
-        """Called every partial interval: request a partial when the open segment has new speech."""
+        """Called every partial interval: announce settings changes that waited; request a partial when the
+        open segment has new speech."""
+        self._announce_due()
         seg = self._open
         if seg is None or self.segmenter.current_segment != seg.segment:
             return
