@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import select
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,8 @@ import numpy.typing as npt
 import soxr
 
 from daemon.audio import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
-from daemon.errors import CaptureError
+from daemon.audio.files import iter_audio, nonfinite, open_audio
+from daemon.errors import AudioError, CaptureError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,9 @@ __all__ = ["FRAME_MS", "FRAME_SAMPLES", "SAMPLE_RATE", "FileSource", "MicSource"
 
 END = None  # queue marker: the source has no more audio
 SILENT_MIC_S = 5.0  # this much exact digital silence from a microphone means macOS withheld permission
+FAST_AHEAD_FRAMES = 100  # --fast file source: frames decoded ahead of the consumer (3 s)
+READ_POLL_S = 0.25  # the stdin reader looks for close() this often
+STALL_GRACE_S = 1.0  # a live source silent for longer than this counts as stalled (lag in /health)
 
 
 class Reframer:
@@ -49,16 +55,39 @@ class Reframer:
 
 
 class Source:
-    """Base: an asyncio queue of frames, filled by `start()`, drained by `frames()`."""
+    """Base: an asyncio queue of frames, filled by `start()`, drained by `frames()`.
+
+    A source reports trouble it survives (a stalled stdin, a lost device, damaged samples) through `warn` and
+    `recover`: the daemon sets `on_status` to turn them into `status` events, and `problems` lists what is wrong
+    now (for /health).
+    """
 
     name = "source"
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[npt.NDArray[np.float32] | None] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.on_status: Callable[[str, str, str], None] | None = None  # (level, code, message)
+        self.problems: dict[str, str] = {}  # code → message, while it lasts
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+
+    def warn(self, code: str, message: str, lasting: bool = False) -> None:
+        """Report a problem (logged, a `status` warning); a lasting one stays in `problems` until `recover`."""
+        if lasting:
+            self.problems[code] = message
+        log.warning(message)
+        if self.on_status is not None:
+            self.on_status("warning", code, message)
+
+    def recover(self, code: str, resolved: str, message: str) -> None:
+        """A lasting problem `resolved` is over: say so with an info `status` of code `code`."""
+        if self.problems.pop(resolved, None) is None:
+            return
+        log.info(message)
+        if self.on_status is not None:
+            self.on_status("info", code, message)
 
     def _put_threadsafe(self, frames: list[npt.NDArray[np.float32]] | None) -> None:
         assert self._loop is not None
@@ -73,24 +102,32 @@ class Source:
             yield frame
 
     @property
+    def stalled_seconds(self) -> float:
+        """How long a live source has delivered nothing although it should have (0 for files)."""
+        return 0.0
+
+    @property
     def lag_seconds(self) -> float:
-        """Audio waiting to be processed."""
-        return self.queue.qsize() * FRAME_MS / 1000
+        """Audio waiting to be processed, plus the time a live source has been stalled."""
+        return self.queue.qsize() * FRAME_MS / 1000 + self.stalled_seconds
 
     def close(self) -> None:
         pass
 
 
 class FileSource(Source):
-    """A file, paced in real time (or as fast as possible with fast=True)."""
+    """A file, streamed block by block: paced in real time, or with fast=True as fast as it is consumed.
+
+    Non-finite samples (NaN, ±Inf) become silence with one warning: the daemon keeps serving.
+    """
 
     def __init__(self, path: str, fast: bool) -> None:
         super().__init__()
-        from daemon.audio.files import load_audio
-
         self.name = f"file {path}"
-        self._samples = load_audio(path, SAMPLE_RATE)
+        self._info = open_audio(path)  # AudioError now, before anything listens
         self.fast = fast  # the daemon then paces the file by the model instead of the clock
+        if fast:  # backpressure: never more than FAST_AHEAD_FRAMES decoded ahead of the consumer
+            self.queue = asyncio.Queue(maxsize=FAST_AHEAD_FRAMES)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -98,16 +135,26 @@ class FileSource(Source):
         self._task = asyncio.create_task(self._feed())
 
     async def _feed(self) -> None:
-        frames = Reframer(SAMPLE_RATE).push(self._samples)
-        t0 = time.monotonic()
-        for i, f in enumerate(frames):
-            if self.fast:
-                if i % 64 == 0:
-                    await asyncio.sleep(0)
-            else:
-                await asyncio.sleep(max(0.0, t0 + i * FRAME_MS / 1000 - time.monotonic()))
-            self.queue.put_nowait(f)
-        self.queue.put_nowait(END)
+        blocks, reframer = iter_audio(self._info, SAMPLE_RATE), Reframer(SAMPLE_RATE)
+        t0, i = time.monotonic(), 0
+        try:
+            while (block := await asyncio.to_thread(next, blocks, None)) is not None:
+                for f in reframer.push(self._clean(block)):
+                    if not self.fast:
+                        await asyncio.sleep(max(0.0, t0 + i * FRAME_MS / 1000 - time.monotonic()))
+                    await self.queue.put(f)
+                    i += 1
+        except AudioError as e:  # damaged part way: what came before is served, the rest is lost
+            self.warn("source_damaged", f"{e}; the rest of the file is skipped")
+        await self.queue.put(END)
+
+    def _clean(self, block: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        if (bad := nonfinite(block)) == 0:
+            return block
+        if "bad_samples" not in self.problems:
+            self.warn("bad_samples", f"{self.name}: {bad} NaN or infinite samples replaced by silence "
+                                     "(a damaged float file)", lasting=True)
+        return np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
 
     def close(self) -> None:
         if self._task is not None:
@@ -115,34 +162,77 @@ class FileSource(Source):
 
 
 class StdinSource(Source):
-    """Raw signed 16-bit little-endian mono PCM on stdin at `rate` Hz."""
+    """Raw signed 16-bit little-endian mono PCM on stdin at `rate` Hz.
 
-    def __init__(self, rate: int) -> None:
+    The reader thread reads the file descriptor with os.read, never through sys.stdin's buffered object: a
+    thread blocked inside the buffered reader holds its lock, and interpreter shutdown then aborts with
+    "Fatal Python error: _enter_buffered_busy" (exit 134) when the daemon stops while stdin is still open.
+    Where select() works on the descriptor (POSIX), the thread wakes every READ_POLL_S to see `close()`.
+    """
+
+    def __init__(self, rate: int, fd: int | None = None) -> None:
         super().__init__()
         self.name = f"stdin s16le {rate} Hz"
+        self._rate = rate
+        self._fd = sys.stdin.fileno() if fd is None else fd
         self._reframer = Reframer(rate)
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_data = time.monotonic()
+        self.ended = False
 
     def start(self) -> None:
         super().start()
-        threading.Thread(target=self._read, name="stdin-reader", daemon=True).start()
+        self._last_data = time.monotonic()
+        self._thread = threading.Thread(target=self._read, name="stdin-reader", daemon=True)
+        self._thread.start()
+
+    def _wait_readable(self) -> bool:
+        """True when the descriptor has data or EOF; False when close() was called first."""
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._fd], [], [], READ_POLL_S)
+            except (OSError, ValueError):  # Windows pipes, a closed descriptor: fall back to a blocking read
+                return True
+            if ready:
+                return True
+        return False
 
     def _read(self) -> None:
-        stream = sys.stdin.buffer
         carry = b""
-        while not self._stop.is_set():
-            data = stream.read1(8192) if hasattr(stream, "read1") else stream.read(8192)
+        while self._wait_readable():
+            try:
+                data = os.read(self._fd, 8192)
+            except OSError as e:
+                self._call_soon(self.warn, "source_failed", f"reading stdin failed: {e}")
+                break
             if not data:
                 break
+            self._last_data = time.monotonic()
             data = carry + data
             carry = data[len(data) // 2 * 2 :]  # an odd trailing byte waits for its partner
             pcm = np.frombuffer(data[: len(data) // 2 * 2], "<i2").astype(np.float32) / 32768.0
             self._put_threadsafe(self._reframer.push(pcm))
+        if carry and not self._stop.is_set():
+            self._call_soon(self.warn, "odd_byte", "stdin ended with an odd number of bytes (s16le PCM comes in "
+                                                   "2-byte samples): the last byte was dropped")
+        self.ended = True
         self._put_threadsafe(self._reframer.push(np.zeros(0, np.float32), last=True))
         self._put_threadsafe(None)
 
+    def _call_soon(self, fn: Callable[..., object], *args: object) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(fn, *args)
+
+    @property
+    def stalled_seconds(self) -> float:
+        idle = time.monotonic() - self._last_data
+        return idle if idle >= STALL_GRACE_S and not self.ended else 0.0
+
     def close(self) -> None:
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2 * READ_POLL_S)
 
 
 def _sounddevice() -> Any:

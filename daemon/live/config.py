@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.audio import SAMPLE_RATE
+from daemon.audio.files import MAX_RATE, MIN_RATE
 from daemon.audio.vad import VadOptions
 from daemon.errors import ConfigError
 from daemon.live.access import TOKEN_ENV, is_loopback, origins_problem, token_problem
@@ -77,7 +78,7 @@ class DaemonConfig:
              f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}"),
             (self.partial_interval_ms >= 50, f"partial_interval_ms must be ≥ 50, not {self.partial_interval_ms}"),
             (0 <= self.port <= 65535, f"port must be 0..65535, not {self.port}"),
-            (self.rate >= 8000, f"rate must be ≥ 8000 Hz, not {self.rate}"),
+            (MIN_RATE <= self.rate <= MAX_RATE, f"rate must be {MIN_RATE}..{MAX_RATE} Hz, not {self.rate}"),
             (self.log_level.upper() in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}, "
                                                    f"not {self.log_level!r}"),
         ]

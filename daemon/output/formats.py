@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import asdict
 
@@ -12,6 +13,13 @@ FORMATS = ("text", "json", "srt", "vtt")
 
 
 def _clock(seconds: float, sep: str) -> str:
+    """HH:MM:SS,mmm (sep ","; srt) or HH:MM:SS.mmm (sep "."; vtt).
+
+    Raises:
+        ValueError: for a negative or non-finite time, which no subtitle format can show.
+    """
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"a subtitle time must be finite and ≥ 0, not {seconds}")
     ms = round(seconds * 1000)
     h, rem = divmod(ms, 3_600_000)
     m, rem = divmod(rem, 60_000)
