@@ -15,6 +15,7 @@ from typing import Any
 from daemon.errors import DaemonError
 from daemon.live.config import field_default
 from daemon.model.backends import BACKENDS
+from daemon.model.backends.coreml import COMPUTE_UNITS
 from daemon.model.locate import ENV_VAR
 
 MODEL_HELP = (f"bundle folder (default: ${ENV_VAR}, else the demo model: the checkout's models/demo, the one "
@@ -69,6 +70,8 @@ def _model_flags(p: argparse.ArgumentParser, serve: bool) -> None:
     a("--model", dest="model", help=MODEL_HELP)
     a("--backend", dest="backend", choices=BACKENDS,
       help="runtime (default: coreml on macOS when the bundle has it, else onnx)")
+    a("--compute-units", dest="compute_units", choices=list(COMPUTE_UNITS),
+      help="coreml: the processors Core ML may use; all includes the Neural Engine (docs/macos.md)")
     a("--language", dest="language", help="language code, e.g. en, es, fr")
     a("--no-punctuation", dest="punctuation", action="store_const", const=False,
       help="lower-case text without punctuation")
@@ -135,7 +138,8 @@ def _transcribe(args: argparse.Namespace) -> int:
     from daemon.model.transcriber import load_transcriber
     from daemon.output.formats import render
 
-    tr = load_transcriber(args.model or default_model(), args.backend, args.dither, verify=args.verify)
+    tr = load_transcriber(args.model or default_model(), args.backend, args.dither, verify=args.verify,
+                          compute_units=args.compute_units)
     options = DecodeOptions(language=args.language, punctuation=args.punctuation,
                             max_new_tokens=args.max_new_tokens, ignore_eos=args.ignore_eos,
                             eos_logit_bias=args.eos_bias)

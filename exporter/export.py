@@ -18,6 +18,8 @@ from .load import Checkpoint
 from .manifest import build_manifest, write_manifest
 from .options import ExportOptions
 
+ENCODER_PACKAGE = "coreml/encoder.mlpackage"  # every encoder bucket, one function each
+
 
 def _step(msg: str) -> float:
     tqdm.write(f"[export] {msg} ...")
@@ -44,40 +46,55 @@ def export_bundle(ckpt: Checkpoint, out: Path, opts: ExportOptions) -> Path:
     np.save(out / "window.npy", torch.hann_window(ckpt.feature_extractor.win_length, periodic=False).numpy())
 
     backends: dict[str, Any] = {}
-    staging = out / "onnx" / ".staging"  # one folder per ONNX graph (see onnx_weights), removed at the end
-    staged: dict[str, Path] = {}
-    shutil.rmtree(staging, ignore_errors=True)  # what a failed export left
+    staging = {b: out / b / ".staging" for b in plan.backends}  # per-graph files before they are merged
+    staged: dict[str, dict[str, Path]] = {b: {} for b in plan.backends}  # ONNX: file, Core ML: function -> copy
+    for folder in staging.values():
+        shutil.rmtree(folder, ignore_errors=True)  # what a failed export left
     steps = [(b, f) for b in plan.backends for f in (*sorted(plan.buckets), "decoder")]
     for backend, what in tqdm(steps, desc="export", unit="graph", disable=len(steps) < 3):
         entry = backends.setdefault(backend, {"precision": "fp32" if backend == "onnx" else plan.precision,
                                               "encoders": {}})
-        rel = _graph_file(backend, what)
-        t0 = _step(f"{backend}: {'tracing and converting' if backend == 'coreml' else 'exporting'} {rel}")
+        rel, function = _graph_file(backend, what)
+        t0 = _step(f"{backend}: {'tracing and converting' if backend == 'coreml' else 'exporting'} "
+                   f"{rel}{f' ({function})' if function else ''}")
         dest = out / rel
-        if backend == "onnx":
-            dest = staged[rel] = staging / Path(rel).stem / Path(rel).name
+        if backend == "onnx" or function is not None:  # merged below
+            name = function or Path(rel).stem
+            dest = staging[backend] / name / f"{name}{Path(rel).suffix}"
+            staged[backend][function or rel] = dest
         ins, outs = _export_graph(backend, what, model, dims, plan.precision, dest)
         _done(t0)
-        graph = {"file": rel, "inputs": as_manifest(ins), "outputs": as_manifest(outs)}
+        graph = {"file": rel, **({"function": function} if function else {}),
+                 "inputs": as_manifest(ins), "outputs": as_manifest(outs)}
         if what == "decoder":
             entry["decoder"] = graph
         else:
             entry["encoders"][str(what)] = graph
-        files.append(rel)
+        if rel not in files:
+            files.append(rel)
         if backend == "coreml":
             from .to_coreml import TARGET
 
             entry["minimum_deployment_target"] = TARGET
 
-    if staged:
+    if staged.get("onnx"):
         from .onnx_weights import share_weights
 
         t0 = _step("onnx: storing the weights of all graphs once, in onnx/weights.bin")
-        size = share_weights([out / f for f in staged], out / "onnx" / "weights.bin", sources=list(staged.values()))
-        shutil.rmtree(staging)
+        graphs = staged["onnx"]
+        size = share_weights([out / f for f in graphs], out / "onnx" / "weights.bin", sources=list(graphs.values()))
         files.append("onnx/weights.bin")
         tqdm.write(f"[export]   {size / 1e6:.1f} MB of weights")
         _done(t0)
+    if staged.get("coreml"):
+        from .to_coreml import merge_functions
+
+        t0 = _step(f"coreml: one multifunction package for the {len(staged['coreml'])} encoder buckets, "
+                   "weights stored once")
+        merge_functions(staged["coreml"], out / ENCODER_PACKAGE)
+        _done(t0)
+    for folder in staging.values():
+        shutil.rmtree(folder, ignore_errors=True)
 
     t0 = _step("writing manifest.json with checksums")
     manifest = build_manifest(dims=dims, buckets=list(plan.buckets), feature_extractor=ckpt.feature_extractor,
@@ -88,10 +105,14 @@ def export_bundle(ckpt: Checkpoint, out: Path, opts: ExportOptions) -> Path:
     return path
 
 
-def _graph_file(backend: str, what: int | str) -> str:
-    ext = "onnx" if backend == "onnx" else "mlpackage"
-    name = "decoder_step" if what == "decoder" else f"encoder_{what}"
-    return f"{backend}/{name}.{ext}"
+def _graph_file(backend: str, what: int | str) -> tuple[str, str | None]:
+    """(bundle file, function in it): ONNX has a file per graph; Core ML one encoder package, a function per
+    bucket (the manifest names it), and the decoder package."""
+    if backend == "onnx":
+        return f"onnx/{'decoder_step' if what == 'decoder' else f'encoder_{what}'}.onnx", None
+    if what == "decoder":
+        return "coreml/decoder_step.mlpackage", None
+    return ENCODER_PACKAGE, f"encoder_{what}"
 
 
 def _export_graph(backend: str, what: int | str, model: torch.nn.Module, dims: Any, precision: str,

@@ -1,12 +1,15 @@
 """Core ML export: ML Program .mlpackage files (FP16 compute), INT8 weight-only encoder in `hybrid` precision.
 
 Precisions: hybrid (default) = encoder weights INT8 per-channel linear-symmetric, decoder FP16; fp16 = both
-FP16; fp32 = both FP32. Conversion works on Linux; prediction needs macOS.
+FP16; fp32 = both FP32. Every encoder bucket is converted on its own, then all are merged into one
+multifunction package (`merge_functions`, a function per bucket, weights stored once; macOS 15 target).
+Conversion works on Linux; prediction needs macOS.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from pathlib import Path
 
@@ -83,3 +86,20 @@ def export_decoder(model: torch.nn.Module, d: Dims, precision: str, path: Path) 
     ins, outs = decoder_tensors(d, INT, _state_dtype(precision))
     _convert(DecoderStepExport(model, d.cache_capacity).eval(), ins, outs, precision, path)
     return ins, outs
+
+
+def merge_functions(packages: dict[str, Path], dest: Path) -> None:
+    """One multifunction .mlpackage from single-function ones (function name -> package); coremltools stores
+    identical weights once. The default function is the last one given (the full window)."""
+    _ct()
+    from coremltools.models.utils import MultiFunctionDescriptor, save_multifunction
+
+    desc = MultiFunctionDescriptor()
+    for function, path in packages.items():
+        desc.add_function(str(path), "main", function)
+    desc.default_function_name = list(packages)[-1]
+    if dest.exists():
+        shutil.rmtree(dest)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        save_multifunction(desc, str(dest))

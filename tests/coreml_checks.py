@@ -17,19 +17,29 @@ BYTES = {"FLOAT16": 2, "FLOAT32": 4, "INT8": 1, "UINT8": 1, "INT32": 4}
 CAPACITY = 266
 
 
-def io_of(path: Path) -> tuple[dict, dict]:
+def io_of(path: Path, function: str | None = None) -> tuple[dict, dict]:
+    """(inputs, outputs) of a package, or of one function of a multifunction package."""
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    desc = spec.description
+    if function is not None:
+        desc = next(f for f in desc.functions if f.name == function)
 
     def table(items) -> dict:
         return {i.name: (tuple(i.type.multiArrayType.shape), DTYPE[i.type.multiArrayType.dataType]) for i in items}
 
-    return table(spec.description.input), table(spec.description.output)
+    return table(desc.input), table(desc.output)
 
 
-def weight_bytes(path: Path) -> dict[str, int]:
-    """Bytes of the weights stored in the package's blob file, by MIL dtype."""
+def functions_of(path: Path) -> list[str]:
+    """The function names of a multifunction package ([] for a single-function one)."""
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-    fn = spec.mlProgram.functions["main"]
+    return [f.name for f in spec.description.functions]
+
+
+def weight_bytes(path: Path, function: str = "main") -> dict[str, int]:
+    """Bytes of the weights one function of the package references in its blob file, by MIL dtype."""
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    fn = spec.mlProgram.functions[function]
     out: dict[str, int] = {}
 
     def add(value) -> None:

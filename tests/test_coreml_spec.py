@@ -13,7 +13,9 @@ import pytest
 
 logging.getLogger("coremltools").setLevel(logging.ERROR)
 import coremltools as ct  # noqa: E402
-from coreml_checks import MIL, expected, io_of, weight_bytes  # noqa: E402
+from coreml_checks import MIL, expected, functions_of, io_of, weight_bytes  # noqa: E402
+
+ENCODER = "coreml/encoder.mlpackage"
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,8 @@ def wide(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     for precision in ("hybrid", "fp16", "fp32"):
         out[precision] = root / precision
         subprocess.run([sys.executable, "-m", "exporter", "--checkpoint", str(ckpt), "--out", str(out[precision]),
-                        "--backends", "coreml", "--precision", precision], check=True, capture_output=True)
+                        "--backends", "coreml", "--precision", precision, "--buckets", "1000,3500"],
+                       check=True, capture_output=True)
     return ckpt, out
 
 
@@ -36,32 +39,55 @@ def test_io_matches_config_and_manifest(precision: str, wide) -> None:
     ckpt, bundles = wide
     b = bundles[precision]
     enc_in, enc_out, dec_in, dec_out = expected(ckpt, "float32" if precision == "fp32" else "float16")
-    assert io_of(b / "coreml/encoder_3500.mlpackage") == (enc_in, enc_out)
+    assert io_of(b / ENCODER, "encoder_3500") == (enc_in, enc_out)
     assert io_of(b / "coreml/decoder_step.mlpackage") == (dec_in, dec_out)
     m = json.loads((b / "manifest.json").read_text())["backends"]["coreml"]
     declared = {t["name"]: (tuple(t["shape"]), t["dtype"]) for g in (m["encoders"]["3500"], m["decoder"])
                 for t in g["inputs"] + g["outputs"]}
     assert declared == {**enc_in, **enc_out, **dec_in, **dec_out} | {"cross_k": dec_in["cross_k"]}
     assert m["precision"] == precision and m["minimum_deployment_target"] == "macOS15"
+    for frames, g in m["encoders"].items():  # each bucket: its own function of the one package, as declared
+        assert (g["file"], g["function"]) == (ENCODER, f"encoder_{frames}")
+        assert io_of(b / ENCODER, g["function"]) == tuple(
+            {t["name"]: (tuple(t["shape"]), t["dtype"]) for t in g[k]} for k in ("inputs", "outputs"))
+    assert "function" not in m["decoder"]
+
+
+def test_encoder_is_one_multifunction_package_with_weights_once(wide) -> None:
+    """One package, a function per bucket, default the full window; its weight file holds one copy of the
+    encoder (less than the two single-bucket packages together)."""
+    _, bundles = wide
+    b = bundles["hybrid"]
+    files = json.loads((b / "manifest.json").read_text())["files"]
+    assert sorted(f for f in files if f.startswith("coreml/")) == ["coreml/decoder_step.mlpackage", ENCODER]
+    assert sorted(p.name for p in (b / "coreml").iterdir()) == ["decoder_step.mlpackage", "encoder.mlpackage"]
+    assert functions_of(b / ENCODER) == ["encoder_1000", "encoder_3500"]
+    spec = ct.models.MLModel(str(b / ENCODER), skip_model_load=True).get_spec()
+    assert spec.description.defaultFunctionName == "encoder_3500"
+    assert spec.specificationVersion >= 9  # iOS 18 / macOS 15: multifunction programs
+    one = sum(weight_bytes(b / ENCODER, "encoder_3500").values())
+    blob = sum(f.stat().st_size for f in (b / ENCODER).rglob("*.bin"))
+    print(f"encoder weights: one function {one} B, package weight file {blob} B")
+    assert blob < 1.25 * one  # stored once (two copies would be ≥ 2×)
 
 
 def test_hybrid_encoder_int8_decoder_fp16(wide) -> None:
     _, bundles = wide
-    enc = weight_bytes(bundles["hybrid"] / "coreml/encoder_3500.mlpackage")
+    enc = weight_bytes(bundles["hybrid"] / ENCODER, "encoder_3500")
     dec = weight_bytes(bundles["hybrid"] / "coreml/decoder_step.mlpackage")
     share = enc.get("INT8", 0) / sum(enc.values())
     print(f"hybrid encoder: {share:.1%} of weight bytes INT8 ({enc}); decoder {dec}")
     assert share >= 0.95
     assert set(dec) - {"INT32"} == {"FLOAT16"}  # INT32: index constants (positions), not weights
-    assert "INT8" not in weight_bytes(bundles["fp16"] / "coreml/encoder_3500.mlpackage")
+    assert "INT8" not in weight_bytes(bundles["fp16"] / ENCODER, "encoder_1000")
     assert set(weight_bytes(bundles["fp32"] / "coreml/decoder_step.mlpackage")) - {"INT32"} == {"FLOAT32"}
 
 
 def test_encoder_mask_is_finite_in_fp16(wide) -> None:
     """The padding mask constant must survive FP16: -1e4, not float32 min (which becomes -inf → NaN)."""
     _, bundles = wide
-    spec = ct.models.MLModel(str(bundles["fp16"] / "coreml/encoder_3500.mlpackage"), skip_model_load=True).get_spec()
-    fn = spec.mlProgram.functions["main"]
+    spec = ct.models.MLModel(str(bundles["fp16"] / ENCODER), skip_model_load=True).get_spec()
+    fn = spec.mlProgram.functions["encoder_3500"]
     values: list[float] = []
     for op in fn.block_specializations[fn.opset].operations:
         v = op.attributes["val"] if op.type == "const" else None

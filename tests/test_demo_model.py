@@ -119,10 +119,10 @@ def test_export_is_deterministic_and_coreml_passes_the_spec(clips, tmp_path) -> 
         assert np.max(np.abs(np.subtract(ra.logprobs, rb.logprobs)), initial=0.0) <= 1e-4
     # Core ML (the shipped files): names, shapes and dtypes from config.json; INT8 encoder, FP16 decoder
     enc_in, enc_out, dec_in, dec_out = expected(CKPT, "float16")
-    assert io_of(DEMO / "coreml/encoder_3500.mlpackage") == (enc_in, enc_out)
+    assert io_of(DEMO / "coreml/encoder.mlpackage", "encoder_3500") == (enc_in, enc_out)
     assert io_of(DEMO / "coreml/decoder_step.mlpackage") == (dec_in, dec_out)
     for bucket in shipped["encoder"]["buckets"]:
-        enc = weight_bytes(DEMO / f"coreml/encoder_{bucket}.mlpackage")
+        enc = weight_bytes(DEMO / "coreml/encoder.mlpackage", f"encoder_{bucket}")
         assert enc.get("INT8", 0) / sum(enc.values()) >= 0.95
     assert set(weight_bytes(DEMO / "coreml/decoder_step.mlpackage")) - {"INT32"} == {"FLOAT16"}
 

@@ -23,6 +23,7 @@ from daemon.audio.vad import VadOptions
 from daemon.errors import ConfigError
 from daemon.live.access import TOKEN_ENV, is_loopback, origins_problem, token_problem
 from daemon.model.backends import BACKENDS
+from daemon.model.backends.coreml import COMPUTE_UNITS
 from daemon.model.decode import DecodeOptions
 from daemon.model.locate import default_model
 
@@ -49,6 +50,7 @@ class DaemonConfig:
     max_new_tokens: int | None = None  # None: the bundle's
     dither: float | None = None  # None: the bundle's (1e-5); 0 turns it off
     verify: bool = False  # checksum every file of the selected backend now, even files verified before
+    compute_units: str = "all"  # coreml: all | cpu_and_ne | cpu_and_gpu | cpu_only
     # audio source
     source: str = "mic"  # mic | a file path | - (raw s16le mono PCM on stdin)
     device: str | None = None  # microphone name (substring) or index
@@ -76,6 +78,8 @@ class DaemonConfig:
         checks = [
             (self.backend is None or self.backend in BACKENDS,
              f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}"),
+            (self.compute_units in COMPUTE_UNITS,
+             f"compute_units must be one of {', '.join(COMPUTE_UNITS)}, not {self.compute_units!r}"),
             (self.partial_interval_ms >= 50, f"partial_interval_ms must be ≥ 50, not {self.partial_interval_ms}"),
             (0 <= self.port <= 65535, f"port must be 0..65535, not {self.port}"),
             (MIN_RATE <= self.rate <= MAX_RATE, f"rate must be {MIN_RATE}..{MAX_RATE} Hz, not {self.rate}"),

@@ -20,7 +20,8 @@ from daemon.errors import BundleError
 from daemon.model.features import FeatureParams
 
 FORMAT = "cohere-transcribe-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a graph may name a function of a multifunction package (the Core ML encoder)
+READS_VERSIONS = (1, 2)  # version 1 (one package per Core ML encoder bucket) is read as well
 CONTRACT = "cohere-cache-external-v1"
 
 
@@ -35,11 +36,17 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """One model file of a backend with its declared inputs and outputs."""
+    """One model file of a backend with its declared inputs and outputs.
+
+    Several graphs may share one file: the Core ML encoder is one multifunction .mlpackage with a function per
+    frame bucket, named by `function` (None: the file's only or default function).
+    """
 
     path: Path
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    function: str | None = None
+    sha256: str | None = None  # the file's checksum as the manifest lists it (None: not listed)
 
 
 @dataclass(frozen=True)
@@ -126,8 +133,9 @@ def load_bundle(root: str | Path) -> Bundle:
         raise BundleError(f"{mpath} is not valid JSON: {e}") from e
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise BundleError(f"{mpath} is not a {FORMAT} manifest")
-    if m.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{mpath}: format_version {m.get('format_version')!r}, this daemon reads {FORMAT_VERSION}")
+    if m.get("format_version") not in READS_VERSIONS:
+        raise BundleError(f"{mpath}: format_version {m.get('format_version')!r}, this daemon reads "
+                          f"{' and '.join(map(str, READS_VERSIONS))}; re-export the bundle or update the daemon")
     if m.get("decoder_contract") != CONTRACT:
         raise BundleError(f"{mpath}: decoder contract {m.get('decoder_contract')!r} is not supported ({CONTRACT})")
     try:
@@ -180,7 +188,7 @@ def _parse(root: Path, m: dict[str, Any]) -> Bundle:
         mel_filters=np.load(root / a["mel_filters"]).astype(np.float32),
         window=np.load(root / a["window"]).astype(np.float32),
     )
-    backends = {name: _backend(root, spec) for name, spec in m["backends"].items()}
+    backends = {name: _backend(root, spec, m["files"]) for name, spec in m["backends"].items()}
     buckets = tuple(sorted(int(b) for b in m["encoder"]["buckets"]))
     if not buckets:
         raise ValueError("the encoder has no frame buckets")
@@ -215,18 +223,22 @@ def _parse(root: Path, m: dict[str, Any]) -> Bundle:
     )
 
 
-def _graph(root: Path, g: dict[str, Any]) -> GraphSpec:
+def _graph(root: Path, g: dict[str, Any], files: dict[str, str]) -> GraphSpec:
     def tensors(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
         return tuple(TensorSpec(t["name"], tuple(int(d) for d in t["shape"]), str(t["dtype"])) for t in items)
 
-    return GraphSpec(root / g["file"], tensors(g["inputs"]), tensors(g["outputs"]))
+    function = g.get("function")
+    if function is not None and not isinstance(function, str):
+        raise TypeError(f"the function of {g['file']} must be a name, not {function!r}")
+    rel = str(g["file"])
+    return GraphSpec(root / rel, tensors(g["inputs"]), tensors(g["outputs"]), function, files.get(rel))
 
 
-def _backend(root: Path, b: dict[str, Any]) -> BackendSpec:
+def _backend(root: Path, b: dict[str, Any], files: dict[str, str]) -> BackendSpec:
     return BackendSpec(
         precision=str(b["precision"]),
-        encoders={int(f): _graph(root, g) for f, g in b["encoders"].items()},
-        decoder=_graph(root, b["decoder"]),
+        encoders={int(f): _graph(root, g, files) for f, g in b["encoders"].items()},
+        decoder=_graph(root, b["decoder"], files),
     )
 
 

@@ -122,8 +122,9 @@ def _stage(timings: dict[str, float] | None, name: str) -> Iterator[None]:
 
 
 def load_transcriber(model: str | Path | Bundle, backend: str | None = None, dither: float | None = None,
-                     verify: bool = False) -> Transcriber:
-    """Load a bundle (folder or already validated) with its tokenizer and a backend (None: the default here).
+                     verify: bool = False, compute_units: str = "all") -> Transcriber:
+    """Load a bundle (folder or already validated) with its tokenizer and a backend (None: the default here);
+    `compute_units` selects Core ML's processors (all, cpu_and_ne, cpu_and_gpu, cpu_only).
 
     The checksums of the files this backend uses are verified first; files verified before and unchanged since
     (same size and mtime) are skipped unless `verify` forces hashing them all again.
@@ -141,4 +142,4 @@ def load_transcriber(model: str | Path | Bundle, backend: str | None = None, dit
     if name in bundle.backends:  # otherwise get_backend names what is wrong
         verify_files(bundle, name, force=verify)
     tokenizer = Tokenizer(bundle.tokenizer_path)
-    return Transcriber(bundle, get_backend(bundle, name), tokenizer, dither)
+    return Transcriber(bundle, get_backend(bundle, name, compute_units), tokenizer, dither)

@@ -21,16 +21,16 @@ def default_backend(bundle: Bundle) -> str:
     return "onnx"
 
 
-def get_backend(bundle: Bundle, name: str | None = None) -> Backend:
-    """Load a backend for a bundle; `name` None picks the default for this machine."""
+def get_backend(bundle: Bundle, name: str | None = None, compute_units: str = "all") -> Backend:
+    """Load a backend for a bundle; `name` None picks the default for this machine. `compute_units` (coreml
+    only): all, cpu_and_ne, cpu_and_gpu or cpu_only."""
     name = name or default_backend(bundle)
     if name == "onnx":
         from .onnx import OnnxSession
 
         return Backend(bundle, name, OnnxSession)
     if name == "coreml":
-        from .coreml import CoreMLSession, check_available
+        from .coreml import coreml_backend
 
-        check_available()
-        return Backend(bundle, name, CoreMLSession)
+        return coreml_backend(bundle, compute_units)
     raise ConfigError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
