@@ -133,13 +133,13 @@ def load_transcriber(model: str | Path | Bundle, backend: str | None = None, dit
         BundleError: a malformed bundle, a missing file, or a checksum mismatch.
         ConfigError, BackendError: an unknown backend, or one that cannot run here.
     """
-    from daemon.model.backends import default_backend, get_backend
+    from daemon.model.backends import default_backend, files_of, get_backend
     from daemon.model.bundle import load_bundle
     from daemon.model.checksums import verify_files
 
     bundle = model if isinstance(model, Bundle) else load_bundle(model)
     name = backend or default_backend(bundle)
-    if name in bundle.backends:  # otherwise get_backend names what is wrong
-        verify_files(bundle, name, force=verify)
+    if files_of(name) in bundle.backends:  # otherwise get_backend names what is wrong
+        verify_files(bundle, files_of(name), force=verify)
     tokenizer = Tokenizer(bundle.tokenizer_path)
     return Transcriber(bundle, get_backend(bundle, name, compute_units), tokenizer, dither)

@@ -1,4 +1,5 @@
-"""Backends by name: `onnx` (ONNX Runtime, the default off macOS) and `coreml` (macOS)."""
+"""Backends by name: `onnx` (ONNX Runtime, the default off macOS), `coreml` (macOS) and `coreml-reference`
+(the Core ML files evaluated op by op in numpy on any OS: slow, for checking a bundle without a Mac)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ from daemon.model.bundle import Bundle
 
 from .base import Backend, EncoderOutput, Session
 
-__all__ = ["BACKENDS", "Backend", "EncoderOutput", "Session", "default_backend", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "EncoderOutput", "Session", "default_backend", "files_of", "get_backend"]
 
-BACKENDS = ("onnx", "coreml")
+BACKENDS = ("onnx", "coreml", "coreml-reference")
+FILES = {"coreml-reference": "coreml"}  # runtime -> the bundle's files key it reads, where they differ
+
+
+def files_of(name: str) -> str:
+    """The key of the bundle's files (manifest `backends`) that the runtime `name` runs."""
+    return FILES.get(name, name)
 
 
 def default_backend(bundle: Bundle) -> str:
@@ -33,4 +40,9 @@ def get_backend(bundle: Bundle, name: str | None = None, compute_units: str = "a
         from .coreml import coreml_backend
 
         return coreml_backend(bundle, compute_units)
+    if name == "coreml-reference":
+        from .coreml_reference import CoreMLReferenceSession, check_available
+
+        check_available()
+        return Backend(bundle, name, CoreMLReferenceSession, files=files_of(name))
     raise ConfigError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")

@@ -38,13 +38,16 @@ class EncoderOutput:
 class Backend:
     """Encoder and decoder step of one bundle on one runtime."""
 
-    def __init__(self, bundle: Bundle, name: str, load: Callable[[GraphSpec], Session]) -> None:
-        if name not in bundle.backends:
-            raise BackendError(f"the bundle {bundle.root} has no {name!r} model files (it has: "
+    def __init__(self, bundle: Bundle, name: str, load: Callable[[GraphSpec], Session],
+                 files: str | None = None) -> None:
+        files = files or name  # the bundle's files key: coreml-reference runs the "coreml" files
+        if files not in bundle.backends:
+            reads = "" if files == name else f" (which the {name} backend runs)"
+            raise BackendError(f"the bundle {bundle.root} has no {files!r} model files{reads} (it has: "
                                f"{', '.join(sorted(bundle.backends))})")
         self.bundle = bundle
         self.name = name
-        self.spec = bundle.backends[name]
+        self.spec = bundle.backends[files]
         self._load = load
         self._encoders: dict[int, Session] = {}
         self.decoder_session = load(self.spec.decoder)
