@@ -12,6 +12,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -296,3 +297,57 @@ def test_get_backend_checks_this_machine(demo: Bundle, monkeypatch: pytest.Monke
     monkeypatch.setattr("platform.mac_ver", lambda: ("14.5", ("", "", ""), "arm64"))
     with pytest.raises(BackendError, match=r"this Mac runs macOS 14\.5;"):
         get_backend(demo, "coreml", "cpu_only")
+
+
+# ---------------------------------------------------------------- the real runtime's calls into coremltools
+
+@pytest.mark.slow
+def test_coremltools_is_called_as_its_api_says(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """CoreMLTools' calls bind to coremltools 9's real signatures (compile_model to a .mlmodelc path,
+    CompiledMLModel with compute units and function_name); the calls themselves are stubbed (no Core ML here)."""
+    import inspect
+
+    import coremltools as ct
+    import coremltools.models.utils as cu
+
+    from daemon.model.backends.coreml import CoreMLTools
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+    compile_sig = inspect.signature(cu.compile_model)
+    load_sig = inspect.signature(ct.models.CompiledMLModel.__init__)
+
+    def compile_model(*a: Any, **k: Any) -> str:
+        calls.append(("compile", dict(compile_sig.bind(*a, **k).arguments)))
+        return str(a[1])
+
+    class Compiled:
+        def __init__(self, *a: Any, **k: Any) -> None:
+            calls.append(("load", {n: v for n, v in load_sig.bind(self, *a, **k).arguments.items() if n != "self"}))
+
+        def predict(self, feeds: dict[str, Array]) -> dict[str, Any]:
+            return {"logits": [[0.5, 1.5]]}
+
+    monkeypatch.setattr(cu, "compile_model", compile_model)
+    monkeypatch.setattr(ct.models, "CompiledMLModel", Compiled)
+    rt = CoreMLTools()
+    rt.compile(tmp_path / "encoder.mlpackage", tmp_path / "encoder.mlmodelc")
+    out = rt.load(tmp_path / "encoder.mlmodelc", "cpu_and_ne", "encoder_500").run({})
+    rt.load(tmp_path / "decoder_step.mlmodelc", "all", None)
+    assert calls == [
+        ("compile", {"model": str(tmp_path / "encoder.mlpackage"),
+                     "destination_path": str(tmp_path / "encoder.mlmodelc")}),
+        ("load", {"path": str(tmp_path / "encoder.mlmodelc"), "compute_units": ct.ComputeUnit.CPU_AND_NE,
+                  "function_name": "encoder_500"}),
+        ("load", {"path": str(tmp_path / "decoder_step.mlmodelc"), "compute_units": ct.ComputeUnit.ALL,
+                  "function_name": None})]
+    assert isinstance(out["logits"], np.ndarray) and out["logits"].shape == (1, 2)
+
+
+@pytest.mark.slow
+def test_compiling_off_macos_is_one_line(demo: Bundle, tmp_path: Path) -> None:
+    """The real compile call on Linux fails inside coremltools; the loader reports one line and caches nothing."""
+    with pytest.raises(BackendError) as e:
+        CoreMLLoader(cache_root=tmp_path)(demo.backends["coreml"].decoder)
+    assert str(e.value).startswith(f"cannot compile {DEMO / 'coreml/decoder_step.mlpackage'} for Core ML: ")
+    assert "\n" not in str(e.value)
+    assert not any(p.suffix == ".mlmodelc" for p in tmp_path.rglob("*"))
