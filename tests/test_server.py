@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from wsclients import drain_close_code, make_server, poll_until, stalled_socket
 
 from daemon.errors import ConfigError
+from daemon.live.app import _summary
 from daemon.live.messages import PROTOCOL, Final, Partial
 from daemon.live.server import CLOSE_S, CLOSE_TOO_SLOW, FLUSH_S, CaptionServer
 
@@ -211,3 +212,17 @@ def test_close_flushes_stalled_clients_in_parallel() -> None:
 
     elapsed = asyncio.run(scenario())
     assert FLUSH_S * 0.9 <= elapsed < n * FLUSH_S + CLOSE_S, elapsed  # in parallel, not one by one
+
+
+@pytest.mark.parametrize(("seconds", "median", "p95"), [
+    ([0.1], 100.0, 100.0),
+    ([0.2, 0.1], 150.0, 195.0),  # was median 200, p95 100: p95 below the median
+    ([0.3, 0.1, 0.2], 200.0, 290.0),
+    ([0.05] * 19 + [1.0], 50.0, 97.5),  # linear between the 19th and 20th of 20 (numpy's default)
+])
+def test_health_latency_percentiles(seconds: list[float], median: float, p95: float) -> None:
+    """/health's final_latency_ms: the median and p95 interpolate linearly, so median ≤ p95 ≤ max for any n."""
+    got = _summary(seconds)
+    assert got == {"median": median, "p95": p95, "n": len(seconds)}
+    assert got["median"] <= got["p95"] <= 1000 * max(seconds)
+    assert _summary([]) == {"median": None, "p95": None, "n": 0}
