@@ -21,6 +21,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine import SR, ScriptedModel, frames, loud, silence, speech
+from test_protocol import VALIDATOR
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from wsclients import (
@@ -322,6 +323,7 @@ def test_commands_over_the_rate_are_dropped_with_one_error_a_second() -> None:
     errors = [m for m in got if m["type"] == "error"]
     assert 10 <= len(pongs) - 1 <= 12 and pongs[:10] == list(range(10)) and pongs[-1] == "after"
     assert [e["code"] for e in errors] == ["rate_limited"]
+    VALIDATOR.validate(errors[0])  # docs/protocol.schema.json knows the code
 
 
 def test_token_bucket() -> None:
