@@ -42,6 +42,8 @@ log = logging.getLogger("daemon")
 
 DRAIN_WARN_S = 30.0  # the source ended and finals still wait this long: say so (and keep waiting)
 SHUTDOWN_DRAIN_S = 30.0  # at shutdown, the most time given to the finals still queued
+STALL_WARN_S = 5.0  # a live source that delivers nothing this long: warn, finalize the open segment
+STALL_POLL_S = 0.5
 
 
 def check_startup(config: DaemonConfig, bundle: Bundle) -> None:
@@ -70,6 +72,7 @@ class Daemon:
         self.bundle = load_bundle(config.model)  # parse and presence checks: fast; checksums come later
         check_startup(config, self.bundle)
         self.source = open_source(config.source, config.device, config.rate, config.fast)
+        self.source.on_status = lambda level, code, message: self.emit(Status(level, code, message))
         policy = AccessPolicy(config.host, config.token, parse_origins(config.allowed_origins))
         self.server = CaptionServer(config.host, config.port, self._hello, self._command, self._health, policy)
         self.writer = TranscriptWriter(config.transcripts) if config.transcripts else None
@@ -98,7 +101,8 @@ class Daemon:
         return Hello(PROTOCOL, self.model_name, self.backend_name, self._settings(), finals)
 
     def warnings(self) -> list[str]:
-        return self.server.warnings + (self.engine.warnings if self.engine is not None else [])
+        engine = self.engine.warnings if self.engine is not None else []
+        return self.server.warnings + engine + list(self.source.problems.values())
 
     def _health(self) -> dict[str, Any]:
         e, warnings = self.engine, self.warnings()
@@ -107,6 +111,7 @@ class Daemon:
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "queue_depth": e.queue_depth if e is not None else 0,
                 "audio_lag_s": round(self.source.lag_seconds, 3), "clients": self.server.n_clients,
+                "source_stalled_s": round(self.source.stalled_seconds, 3),
                 "source": self.source.name, "settings": self._settings().__dict__,
                 "final_latency_ms": _summary(e.final_latencies) if e is not None else None}
 
@@ -161,6 +166,7 @@ class Daemon:
         tg.start_soon(engine.run_worker)
         tg.start_soon(self._tick, engine)
         tg.start_soon(self._feed, engine)
+        tg.start_soon(self._watch_source, engine)
 
     async def _load_model(self) -> CaptionEngine:
         c = self.config
@@ -199,6 +205,20 @@ class Daemon:
             await self._drain_all(engine)  # the source's last final goes out before the news that it ended
             self.emit(Status("info", "source_ended", f"{self.source.name} ended; still serving clients"))
             log.info("source ended; still serving (Ctrl-C to stop)")
+
+    async def _watch_source(self, engine: CaptionEngine) -> None:
+        """A live source that stalls (stdin with nothing to send, a lost device): warn once, finalize the open
+        segment from what was captured (instead of holding it open for the whole stall), say when audio flows."""
+        src = self.source
+        while True:
+            await anyio.sleep(STALL_POLL_S)
+            stalled = src.stalled_seconds
+            if stalled >= STALL_WARN_S and "source_stalled" not in src.problems:
+                src.warn("source_stalled", f"{src.name} has delivered no audio for {stalled:.0f} s; the open "
+                                           "segment is finalized", lasting=True)
+                engine.finalize()
+            elif stalled == 0 and "source_stalled" in src.problems:
+                src.recover("source_resumed", "source_stalled", f"{src.name} delivers audio again")
 
     async def _drain_all(self, engine: CaptionEngine) -> None:
         """Wait for every queued final, however long it takes; say so every DRAIN_WARN_S."""

@@ -1,17 +1,19 @@
 """Live transcripts: one JSON line per final, appended as it happens; and export to srt/vtt/text.
 
-Crash safety: each line goes to the file in one os.write on a descriptor opened O_APPEND. A `kill -9` stops the
-process between system calls, never inside one, so every line in the file is whole: at most the final being
-written is lost. (A buffered file object would split a line longer than its buffer into two writes, and a kill
-between them leaves half a line.) O_APPEND puts every write at the end of the file, wherever another writer left
-it, and a restart opens a new file (O_EXCL), so nothing is ever overwritten. Two daemons pointed at one folder,
-even started in the same second, never share a file: the name carries the process id, and O_EXCL picks another
-name if it is taken. Transcripts are private: the folder is created 0700, the files 0600.
+Crash safety: each line goes to the file in one os.write on a descriptor opened O_APPEND, so a `kill -9` can
+never leave a line with another line's bytes inside it or half a line before a whole one: at most the final
+being written is lost. (A buffered file object would split a line longer than its buffer into two writes.) The
+kernel copies a write page by page and stops at a fatal signal, so the line in flight can be left as an
+unterminated fragment at the very end of the file; `read_finals` skips such a fragment with a warning. O_APPEND
+puts every write at the end of the file, and a restart opens a new file (O_EXCL), so nothing is ever
+overwritten. Two daemons pointed at one folder, even started in the same second, never share a file: the name
+carries the process id, and O_EXCL picks another name if it is taken. Transcripts are private: the folder is created 0700, the files 0600.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from datetime import datetime
@@ -21,6 +23,8 @@ from typing import Any
 from daemon.errors import AudioError, ConfigError
 from daemon.model.segment import Segment
 from daemon.output.formats import render
+
+log = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -81,6 +85,14 @@ def _segment(d: Any) -> Segment | None:
     return Segment(start, end, str(d["text"]), str(d.get("language", "")), (), (), str(d.get("stop_reason", "")))
 
 
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
 def read_finals(path: str | Path) -> list[Segment]:
     """Finals of a JSONL transcript as Segments (a malformed line is an error naming the line).
 
@@ -98,9 +110,14 @@ def read_finals(path: str | Path) -> list[Segment]:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the transcript ({e.strerror or e})") from e
     segs = []
-    for n, line in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        if n == len(lines) and not text.endswith("\n") and not _parses(line):
+            log.warning("%s:%d: the last line is cut short (the daemon was killed while writing it); skipped",
+                        path, n)
+            break
         try:
             seg = _segment(json.loads(line))
         except KeyError as e:
