@@ -199,14 +199,19 @@ async def ping_flood(read: bool, seconds: float, limits: Limits | None = None,
     return most, close_s, close_code(b"".join(got)) if read else None, clients
 
 
-def test_a_ping_flood_that_never_reads_is_cut_off_and_memory_stays_bounded() -> None:
+@pytest.mark.parametrize(("limits", "code"), [(Limits(), CLOSE_POLICY),
+                                              (Limits(control_per_s=1e9, control_burst=10**9), CLOSE_TOO_SLOW)],
+                         ids=["ping rate", "unsent bytes"])
+def test_a_ping_flood_that_never_reads_is_cut_off_and_memory_stays_bounded(
+        limits: Limits, code: int, caplog: pytest.LogCaptureFixture) -> None:
     """The issue: pings flooded by a client that never reads grew the daemon from 268 MB to 3 GB in 90 s
-    (every ping's pong queued in memory) and SIGTERM did not complete while it stayed connected."""
-    limit = Limits().max_unsent_bytes
-    most, close_s, _, clients = asyncio.run(ping_flood(read=False, seconds=3.0))
-    assert most <= limit + 64 * 1024, most  # one read's worth of pongs past the limit, at most
+    (every ping's pong queued in memory) and SIGTERM did not complete while it stayed connected. Cut off by
+    the ping rate (1008), or, with that lifted, by its unsent bytes (4008)."""
+    most, close_s, _, clients = asyncio.run(ping_flood(read=False, seconds=3.0, limits=limits))
+    assert most <= limits.max_unsent_bytes + 256 * 1024, most  # + the pongs of one read (asyncio reads ≤ 256 KiB)
     assert clients == 0  # it was cut off during the flood
     assert close_s < (FLUSH_S + CLOSE_S) * SCALE + 1.0, close_s
+    assert f"closing a client ({code})" in caplog.text
 
 
 def test_shutdown_completes_while_a_ping_flood_goes_on() -> None:
@@ -228,8 +233,8 @@ def test_a_ping_flood_that_reads_is_closed_with_1008() -> None:
 
 async def crowd(n_readers: int, n_silent: int) -> tuple[list[list[dict[str, Any]]], list[float], list[int | None]]:
     """n_readers read everything; n_silent never answer (raw sockets). 12 rounds of 5 partials and a final,
-    0.25 s apart; returns what the readers got, each final's delay, and the silent clients' close codes."""
-    server = make_server(limits=Limits(ping_interval_s=0.5, ping_timeout_s=1.0))
+    0.3 s apart (the silent ones are closed after 2.5 s, in the middle); returns what the readers got, each final's delay, and the silent clients' close codes."""
+    server = make_server(limits=Limits(ping_interval_s=0.5, ping_timeout_s=2.0 * SCALE))
     await server.start()
     url = f"ws://127.0.0.1:{server.port}"
     outs: list[list[dict[str, Any]]] = [[] for _ in range(n_readers)]
@@ -255,7 +260,7 @@ async def crowd(n_readers: int, n_silent: int) -> tuple[list[list[dict[str, Any]
             server.broadcast(Partial(k, float(k), "words " * 10, f"more {j}"))
         server.broadcast(Final(k, float(k), k + 0.5, f"final {k}", "en", "eos"))
         sent_at.append(time.monotonic())
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.3)
     await asyncio.wait_for(asyncio.gather(*tasks), 30 * SCALE)
     closes = list(await asyncio.gather(*codes))
     for s in silent:
