@@ -4,6 +4,7 @@ give one clear line and exit 2 from a command; the running daemon warns and keep
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 import subprocess
 import sys
@@ -202,3 +203,67 @@ def test_read_finals_keeps_other_types_out(tmp_path: Path) -> None:
     p = tmp_path / "t.jsonl"
     p.write_text('{"type": "status", "level": "info"}\n\n{"type": "final", "start": 0, "end": 1, "text": "a"}\n')
     assert [s.text for s in read_finals(p)] == ["a"]
+
+
+# -- a stdin that stalls or ends with an odd byte ----------------------------------------------------------------
+
+
+def test_a_stalled_stdin_is_warned_finalized_and_shown_as_lag() -> None:
+    """stdin stops mid-sentence: after STALL_WARN_S a `source_stalled` warning, the sentence heard so far as a
+    final (not held open for the whole stall), /health degraded with the stall as lag; audio again: a
+    `source_resumed`, the next sentence captioned; an odd last byte: one `odd_byte` warning, still serving."""
+    from daemon.live.app import STALL_WARN_S
+    from devtools.daemon_process import Daemon, wer
+    from devtools.speech import GAP_S, heldout_sentences, program
+
+    texts = heldout_sentences(2)
+    audio, durations = program(texts)
+    pcm = (audio * 32767).astype("<i2").tobytes()
+    cut = 2 * int((GAP_S + 0.6 * durations[0]) * SR)  # bytes: into the first sentence
+    msgs: list[dict] = []
+    with Daemon("--model", str(DEMO), "--source", "-", stdin=subprocess.PIPE) as d:
+        assert d.proc.stdin is not None
+        stdin = d.proc.stdin
+
+        def send(data: bytes, close: bool = False) -> None:
+            stdin.write(data)
+            stdin.flush()
+            if close:
+                stdin.close()
+
+        async def scenario() -> tuple[dict, dict]:
+            from websockets.asyncio.client import connect
+
+            async with connect(d.url) as ws:
+                async def until(code: str) -> None:
+                    async with asyncio.timeout(60):
+                        while not any(m["type"] == "status" and m["code"] == code for m in msgs):
+                            msgs.append(json.loads(await ws.recv()))
+
+                await asyncio.to_thread(send, pcm[:cut])
+                await until("source_stalled")
+                stalled = await asyncio.to_thread(health, d.port)
+                await asyncio.to_thread(send, pcm[cut:] + b"\x01", True)
+                await until("source_resumed")
+                await until("source_ended")
+                return stalled, await asyncio.to_thread(health, d.port)
+
+        stalled, after = asyncio.run(scenario())
+        assert d.proc.poll() is None  # still serving
+    finals = [m for m in msgs if m["type"] == "final"]
+    codes = [m["code"] for m in msgs if m["type"] == "status" and m["level"] == "warning"]
+    assert codes == ["source_stalled", "odd_byte"], msgs
+    order = [m.get("code", m["type"]) for m in msgs if m["type"] in ("final", "status")]
+    assert order.index("final") < order.index("source_resumed")  # finalized during the stall
+    assert finals[0]["end"] <= (cut / 2) / SR + 0.05  # from what was captured before the stall
+    # the rest of the first sentence is a segment of its own once audio flows again
+    assert len(finals) == 3 and wer(texts[1:], [finals[2]["text"]]) <= 0.15, finals
+    assert stalled["status"] == "degraded" and stalled["source_stalled_s"] >= STALL_WARN_S - 0.5
+    assert stalled["audio_lag_s"] >= STALL_WARN_S - 0.5 and any("no audio" in w for w in stalled["warnings"])
+    assert after["source_stalled_s"] == 0
+
+
+def health(port: int) -> dict:
+    import urllib.request
+
+    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read())
