@@ -128,6 +128,42 @@ def test_missing_file_is_named(bundle_copy: Path, rel: str) -> None:
     assert one_line(e).endswith(f"is missing {rel}")
 
 
+def _point_tokenizer_at(target: str) -> Callable[[dict[str, Any]], None]:
+    def change(m: dict[str, Any]) -> None:
+        m["tokenizer"] = target
+    return change
+
+
+def _point_decoder_at(target: str) -> Callable[[dict[str, Any]], None]:
+    def change(m: dict[str, Any]) -> None:
+        m["backends"]["onnx"]["decoder"]["file"] = target
+    return change
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (_point_tokenizer_at("/etc/passwd"), "is not a path inside the bundle"),
+    (_point_tokenizer_at("../outside.model"), "leads out of the bundle"),
+    (_point_decoder_at("onnx/../../outside.onnx"), "leads out of the bundle"),
+])
+def test_paths_that_leave_the_bundle_are_refused(bundle_copy: Path, change: Callable[[dict[str, Any]], None],
+                                                  says: str) -> None:
+    (bundle_copy.parent / "outside.model").write_bytes(b"x")  # the target exists: only its place is wrong
+    (bundle_copy.parent / "outside.onnx").write_bytes(b"x")
+    edit_manifest(bundle_copy, change)
+    with pytest.raises(BundleError) as e:
+        load_bundle(bundle_copy)
+    assert says in one_line(e)
+
+
+def test_a_link_out_of_the_bundle_is_refused(bundle_copy: Path) -> None:
+    (bundle_copy.parent / "elsewhere.model").write_bytes((bundle_copy / "tokenizer.model").read_bytes())
+    (bundle_copy / "tokenizer.model").unlink()
+    (bundle_copy / "tokenizer.model").symlink_to(bundle_copy.parent / "elsewhere.model")
+    with pytest.raises(BundleError) as e:
+        load_bundle(bundle_copy)
+    assert "'tokenizer.model' leads out of the bundle" in one_line(e)
+
+
 # ---------------------------------------------------------------- checksums (defect #7)
 
 def test_load_bundle_hashes_nothing(bundle_copy: Path, hashed: list[Path]) -> None:

@@ -152,9 +152,19 @@ def _check_files(root: Path, m: dict[str, Any]) -> None:
     files: dict[str, str] = m["files"]
     if not isinstance(files, dict):
         raise TypeError("files must map paths to SHA-256 digests")
-    for rel in [*files, m["tokenizer"], m["audio"]["mel_filters"], m["audio"]["window"]]:
+    graphs = [g["file"] for b in m["backends"].values() for g in [*b["encoders"].values(), b["decoder"]]]
+    for rel in [*files, m["tokenizer"], m["audio"]["mel_filters"], m["audio"]["window"], *graphs]:
+        _check_inside(root, rel)
         if not (root / rel).exists():
             raise BundleError(f"model bundle {root} is missing {rel}")
+
+
+def _check_inside(root: Path, rel: object) -> None:
+    """A path the manifest names must stay inside the bundle (no absolute paths, no .. or links out of it)."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute():
+        raise BundleError(f"model bundle {root}: {rel!r} is not a path inside the bundle")
+    if not (root / rel).resolve().is_relative_to(root.resolve()):
+        raise BundleError(f"model bundle {root}: {rel!r} leads out of the bundle")
 
 
 def _check_shapes(b: Bundle) -> Bundle:
