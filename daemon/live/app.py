@@ -209,11 +209,16 @@ class Daemon:
     async def _watch_source(self, engine: CaptionEngine) -> None:
         """A live source that stalls (stdin with nothing to send, a lost device): warn once, finalize the open
         segment from what was captured (instead of holding it open for the whole stall), say when audio flows."""
-        src = self.source
+        src, interrupted = self.source, False
         while True:
             await anyio.sleep(STALL_POLL_S)
+            if src.interrupted != interrupted:  # a lost device (the source warns itself): finalize at once
+                interrupted = src.interrupted
+                if interrupted:
+                    engine.finalize()
+                continue
             stalled = src.stalled_seconds
-            if stalled >= STALL_WARN_S and "source_stalled" not in src.problems:
+            if stalled >= STALL_WARN_S and not interrupted and "source_stalled" not in src.problems:
                 src.warn("source_stalled", f"{src.name} has delivered no audio for {stalled:.0f} s; the open "
                                            "segment is finalized", lasting=True)
                 engine.finalize()

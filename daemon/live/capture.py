@@ -35,6 +35,9 @@ SILENT_MIC_S = 5.0  # this much exact digital silence from a microphone means ma
 FAST_AHEAD_FRAMES = 100  # --fast file source: frames decoded ahead of the consumer (3 s)
 READ_POLL_S = 0.25  # the stdin reader looks for close() this often
 STALL_GRACE_S = 1.0  # a live source silent for longer than this counts as stalled (lag in /health)
+LOST_AFTER_S = 0.5  # a microphone stream with no callback this long has lost its device
+WATCH_S = 0.1  # the microphone's supervisor looks this often
+RETRY_S, RETRY_MAX_S = 0.1, 1.0  # reopening a lost device: first delay, doubling up to the most
 
 
 class Reframer:
@@ -69,6 +72,7 @@ class Source:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.on_status: Callable[[str, str, str], None] | None = None  # (level, code, message)
         self.problems: dict[str, str] = {}  # code → message, while it lasts
+        self.interrupted = False  # the audio flow is broken (a lost device): the open segment is to be finalized
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -279,39 +283,132 @@ def list_devices() -> list[str]:
             if d["max_input_channels"] > 0]
 
 
-class MicSource(Source):
-    """The microphone at the device's own rate, resampled to 16 kHz in the PortAudio callback thread."""
+class PortAudio:
+    """The seam between MicSource and sounddevice: find a device, open a stream. Tests pass a fake."""
 
-    def __init__(self, device: str | None) -> None:
+    def rescan(self) -> None:
+        """Make PortAudio enumerate the devices again (it lists them once, when initialized); no stream is open."""
+        sd = _sounddevice()
+        sd._terminate()
+        sd._initialize()
+
+    def resolve(self, device: str | None) -> tuple[int | None, dict[str, Any]]:
+        return resolve_device(device)
+
+    def open(self, index: int | None, rate: int, callback: Callable[[npt.NDArray[np.float32]], None],
+             finished: Callable[[], None]) -> Any:
+        """A started mono float32 input stream; `callback` gets each block, `finished` runs if it stops."""
+        sd = _sounddevice()
+
+        def on_block(indata: npt.NDArray[np.float32], n: int, t: Any, status: Any) -> None:
+            callback(indata[:, 0].copy())
+
+        try:
+            stream = sd.InputStream(device=index, channels=1, samplerate=rate, dtype="float32",
+                                    blocksize=rate * FRAME_MS // 1000, callback=on_block,
+                                    finished_callback=finished)
+            stream.start()
+        except sd.PortAudioError as e:
+            raise CaptureError(str(e)) from e
+        return stream
+
+
+class MicSource(Source):
+    """The microphone at the device's own rate, resampled to 16 kHz in the PortAudio callback thread.
+
+    A device that vanishes (unplugged, its PulseAudio source unloaded) stops calling back, or PortAudio
+    finishes the stream: after LOST_AFTER_S without audio the device counts as lost (`interrupted`; the daemon
+    finalizes the open segment from what was captured), a `device_lost` warning goes out, and the stream is
+    reopened with backoff (RETRY_S, at most RETRY_MAX_S apart, so capture resumes within about a second of the
+    device returning). Without --device the reopen takes whatever the default input is then, so a change of the
+    default device is followed once the old one is gone (PortAudio can only list devices anew with every stream
+    closed, so a working device is never dropped for a new default).
+    """
+
+    def __init__(self, device: str | None, portaudio: PortAudio | None = None) -> None:
         super().__init__()
-        self._index, info = resolve_device(device)
+        self._device = device
+        self._pa = portaudio or PortAudio()
+        self._index, info = self._pa.resolve(device)
+        self._set_device(info)
+        self._stream: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_block = time.monotonic()
+        self._finished = threading.Event()
+        self.overflows = 0
+
+    def _set_device(self, info: dict[str, Any]) -> None:
         self._rate = int(info["default_samplerate"])
         self.name = f"microphone {info['name']} ({self._rate} Hz)"
         self._reframer = Reframer(self._rate)
-        self._stream: Any = None
-        self.overflows = 0
 
     def start(self) -> None:
         super().start()
-        sd = _sounddevice()
-
-        def callback(indata: npt.NDArray[np.float32], n: int, t: Any, status: Any) -> None:
-            if status.input_overflow:
-                self.overflows += 1
-            self._put_threadsafe(self._reframer.push(indata[:, 0].copy()))
-
         try:
-            self._stream = sd.InputStream(device=self._index, channels=1, samplerate=self._rate, dtype="float32",
-                                          blocksize=self._rate * FRAME_MS // 1000, callback=callback)
-            self._stream.start()
-        except sd.PortAudioError as e:
+            self._open()
+        except CaptureError as e:
             raise CaptureError(f"cannot open {self.name}: {e}") from e
+        self._task = asyncio.create_task(self._supervise())
+
+    def _open(self) -> None:
+        self._finished.clear()
+        self._last_block = time.monotonic()
+        self._stream = self._pa.open(self._index, self._rate, self._on_block, self._finished.set)
+
+    def _on_block(self, block: npt.NDArray[np.float32]) -> None:  # the PortAudio thread
+        self._last_block = time.monotonic()
+        self._put_threadsafe(self._reframer.push(block))
+
+    def _lost(self) -> bool:
+        return self._finished.is_set() or time.monotonic() - self._last_block > LOST_AFTER_S
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_S)
+            if self._stream is not None and self._lost():
+                await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        lost_name = self.name
+        self.interrupted = True
+        self.warn("device_lost", f"{lost_name} stopped delivering audio (unplugged?); reopening", lasting=True)
+        await asyncio.to_thread(self._close_stream)
+        delay = RETRY_S
+        while True:
+            try:
+                await asyncio.to_thread(self._reopen)
+                break
+            except CaptureError as e:
+                log.debug("reopening the microphone failed: %s; next try in %.1f s", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX_S)
+        self.interrupted = False
+        self.recover("device_restored", "device_lost", f"capturing again from {self.name}")
+
+    def _reopen(self) -> None:
+        self._pa.rescan()
+        self._index, info = self._pa.resolve(self._device)
+        self._set_device(info)
+        self._open()
+
+    @property
+    def stalled_seconds(self) -> float:
+        idle = time.monotonic() - self._last_block
+        return idle if idle >= STALL_GRACE_S else 0.0
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.stop()
+                stream.close()
+            except Exception as e:  # a stream on a vanished device may fail to stop: it is gone anyway
+                log.debug("closing the lost stream: %s", e)
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
-            self._stream = None
+        if self._task is not None:
+            self._task.cancel()
+        self._close_stream()
 
 
 class SilenceWatch:
