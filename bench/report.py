@@ -3,7 +3,7 @@
     python -m bench.report [--results bench/results] [--out docs/benchmarks.md] [--img docs/img]
 
 Reads what is there and skips what is not: accuracy-*.json (bench/accuracy.py), decoder_step.json,
-live_latency.json, soak.json and full_shape.json (rendered generically: every list of row objects becomes a
+live_latency.json, soak.json, long_run.json and full_shape.json (rendered generically: every list of row objects becomes a
 table, e.g. "comparisons" with name/ours/reference/ratio/goal and "memory"). Every table is followed by the
 command and the machine recorded in its JSON. The output depends only on the JSON: no clock, no paths of this
 machine, PNGs drawn with Agg and without the "Software" metadata, so running it twice gives the same files.
@@ -315,6 +315,65 @@ def soak_part(doc: Doc, img: Path, rel: str) -> Lines:
     return out
 
 
+# ---------------------------------------------------------------- long_run.json
+def long_run_figure(doc: Doc, path: Path) -> None:
+    samples = doc["samples"]
+    t = [x["t_s"] for x in samples]
+    fig, axes = plt.subplots(3, 1, figsize=(8, 6), sharex=True)
+    axes[0].plot(t, [x["rss_mb"] for x in samples], color="#4c72b0", linewidth=1.5)
+    axes[0].set_ylabel("RSS (MB)")
+    axes[0].set_ylim(bottom=0)
+    axes[1].plot(t, [x["fds"] for x in samples], color="#dd8452", label="open fds")
+    axes[1].plot(t, [x["threads"] for x in samples], color="#55a868", label="threads")
+    axes[1].set_ylim(bottom=0)
+    axes[1].legend(loc="lower right", fontsize=8)
+    lat = [(x["t_s"], x["latency_median_ms"], x["latency_p95_ms"]) for x in samples if x["latency_median_ms"]]
+    axes[2].plot([a for a, _, _ in lat], [b for _, b, _ in lat], color="#4c72b0", label="median")
+    axes[2].plot([a for a, _, _ in lat], [c for _, _, c in lat], color="#c44e52", label="p95")
+    axes[2].set_ylabel("final latency (ms)")
+    axes[2].set_xlabel("wall time since the daemon started listening (s)")
+    axes[2].legend(loc="upper right", fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def long_run_part(doc: Doc, img: Path, rel: str) -> Lines:
+    f, goals, meets = doc.get("figures", {}), doc.get("goals", {}), doc.get("meets", {})
+    out = ["## Long run: does anything grow?", "",
+           f"{num(doc.get('audio_seconds', 0) / 3600)} h of speech ({doc.get('sentences')} sentences) from "
+           f"{doc.get('source')}, partials every {num(doc.get('partial_interval_ms'))} ms, model "
+           f"`{repo_path(doc.get('model', '?'))}`; RSS, open file descriptors and threads read from /proc, the "
+           f"final latency from /health, every {num(doc.get('sample_seconds'))} s. Growth is measured from the "
+           "moment 10 % of the audio was captioned to the end of the audio; latency stability is the median of "
+           "the last quarter of the samples over that of the second quarter.", ""]
+    out += table(["measure", "value", "goal", "met"], [
+        ["RSS at 10 % / at the end (MB)", f"{num(f.get('rss_mb_at_10_percent'))} / {num(f.get('rss_mb_at_end'))}",
+         "", ""],
+        ["RSS growth (%)", f.get("rss_growth_percent"), f"≤ {num(goals.get('rss_growth_percent'))}",
+         meets.get("rss_growth_percent")],
+        ["open fds at 10 % / growth", f"{f.get('fds_at_10_percent')} / {f.get('fd_growth')}", "growth 0",
+         meets.get("fd_growth")],
+        ["threads at 10 % / growth", f"{f.get('threads_at_10_percent')} / {f.get('thread_growth')}", "growth 0",
+         meets.get("thread_growth")],
+        ["final latency median, 2nd / last quarter (ms)",
+         f"{num(f.get('latency_median_ms_second_quarter'))} / {num(f.get('latency_median_ms_last_quarter'))}",
+         "", ""],
+        ["latency ratio, last / 2nd quarter", f.get("latency_ratio"), f"≤ {num(goals.get('latency_ratio'))}",
+         meets.get("latency_ratio")],
+        ["finals / sentences", f"{doc.get('finals')} / {doc.get('sentences')}", "", ""],
+        ["WER %", pct(doc.get("wer")), "", ""],
+        ["client messages", ", ".join(f"{k} {v}" for k, v in (doc.get("client") or {}).get("messages", {}).items()),
+         "", ""],
+    ])
+    out += [provenance(doc), ""]
+    if doc.get("samples"):
+        long_run_figure(doc, img / "long_run.png")
+        out += figure(img / "long_run.png", rel, "RSS, fds, threads and final latency over the long run", [doc])
+    return out
+
+
 # ---------------------------------------------------------------- full_shape.json (generic)
 def cell(x: Any) -> str:
     if isinstance(x, list | tuple):
@@ -367,6 +426,7 @@ PARTS: list[tuple[str, str, Part]] = [
     ("full_shape.json", "python -m bench.full_shape", full_shape_part),
     ("live_latency.json", "python -m bench.live_latency", live_latency_part),
     ("soak.json", "python -m bench.soak", soak_part),
+    ("long_run.json", "python -m bench.long_run", long_run_part),
 ]
 
 
