@@ -71,8 +71,22 @@ FULL_SHAPE = {  # the shape of bench/full_shape.py's JSON, abridged
     "notes": ["ran with 4 encoder layers"],
     "total_seconds": 321.5,
 }
+LONG_RUN = {  # bench/long_run.py's JSON, abridged
+    "command": "python -m bench.long_run --hours 0.01", "machine": MACHINE, "model": "models/demo",
+    "source": "stdin (s16le) at 6x real time", "partial_interval_ms": 100, "audio_seconds": 36.0, "sentences": 8,
+    "finals": 8, "wer": 0.025, "client": {"messages": {"final": 8, "partial": 20}}, "sample_seconds": 1.0,
+    "figures": {"rss_mb_at_10_percent": 250.0, "rss_mb_at_end": 255.0, "rss_growth_percent": 2.0,
+                "fds_at_10_percent": 13, "fd_growth": 0, "threads_at_10_percent": 10, "thread_growth": 1,
+                "latency_median_ms_second_quarter": 200.0, "latency_median_ms_last_quarter": 210.0,
+                "latency_ratio": 1.05},
+    "goals": {"rss_growth_percent": 5.0, "fd_growth": 0, "thread_growth": 0, "latency_ratio": 1.5},
+    "meets": {"rss_growth_percent": True, "fd_growth": True, "thread_growth": False, "latency_ratio": True},
+    "samples": [{"t_s": float(t), "rss_mb": 250.0 + t, "fds": 13, "threads": 10, "latency_median_ms": 200.0,
+                 "latency_p95_ms": 240.0} for t in range(5)],
+}
+
 ALL = {"accuracy-tiny.json": ACCURACY, "decoder_step.json": DECODER_STEP, "live_latency.json": LIVE_LATENCY,
-       "soak.json": SOAK, "full_shape.json": FULL_SHAPE}
+       "soak.json": SOAK, "full_shape.json": FULL_SHAPE, "long_run.json": LONG_RUN}
 
 
 def write_results(folder: Path, docs: dict[str, dict[str, Any]]) -> Path:
@@ -112,7 +126,7 @@ def test_every_table_names_its_command_and_machine(full: tuple[Path, str], doc: 
 def test_each_table_is_followed_by_its_provenance(full: tuple[Path, str]) -> None:
     blocks = full[1].split("\n\n")
     tables = [i for i, block in enumerate(blocks) if block.startswith("| ")]
-    assert len(tables) == 9  # accuracy 2, decoder step 1, full shape 3, live latency 1, soak 2
+    assert len(tables) == 10  # accuracy 2, decoder step 1, full shape 3, live latency 1, soak 2, long run 1
     for i in tables:
         assert blocks[i + 1].startswith("Command: `") and " · Machine: " in blocks[i + 1], blocks[i]
 
@@ -130,6 +144,8 @@ def test_tables_hold_the_numbers(full: tuple[Path, str]) -> None:
     # live latency against the goal
     assert "| VAD close → final (client) | 181.5 | 243.5 | 3 | p95 ≤ 250 | yes |" in md
     assert "| VAD close → final (inside the daemon) | 175.25 | 240.75 | 3 | p95 ≤ 250 | yes |" in md
+    # long run: growth against its goals (a thread more than at 10 % fails its goal)
+    assert "| RSS growth (%) | 2 | ≤ 5 | yes |" in md and "| threads at 10 % / growth | 10 / 1 | growth 0 | no |" in md
     assert "| interval between partials | 498.5 | 541.5 | 4 | – | – |" in md
     # soak: idle CPU and memory
     assert "| CPU share of one core (%) | 1.17 | ≤ 2 |" in md
