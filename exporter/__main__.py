@@ -1,4 +1,7 @@
-"""python -m exporter --checkpoint HUB_ID_OR_DIR --out BUNDLE [--backends onnx,coreml] [--precision ...]"""
+"""python -m exporter --checkpoint HUB_ID_OR_DIR --out BUNDLE [--backends onnx,coreml] [--precision ...]
+
+python -m exporter check BUNDLE: every backend of a bundle against ONNX on synthetic clips (exporter/check.py).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,11 @@ from .options import ExportOptions
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["check"]:
+        from .check import main as check
+
+        return check(args_in[1:])
     called = Path(sys.argv[0]).name  # cohere-transcribe-export, or __main__.py under python -m
     ap = argparse.ArgumentParser(prog="python -m exporter" if called.endswith(".py") else called,
                                  description="Export a Cohere Transcribe checkpoint to a daemon bundle.")

@@ -19,8 +19,8 @@ HAS_TOOLCHAIN = all(importlib.util.find_spec(name) is not None for name in TOOLC
 # Test modules that import the toolchain as they are imported: all their tests are slow, and without the
 # `export` extra they are not collected. Elsewhere, a test is slow when it uses one of TOOLCHAIN_FIXTURES or
 # is marked itself.
-TOOLCHAIN_MODULES = ("test_coreml_spec.py", "test_demo_model.py", "test_features.py", "test_onnx_weights.py",
-                     "test_parity.py")
+TOOLCHAIN_MODULES = ("test_coreml_reference.py", "test_coreml_spec.py", "test_demo_model.py", "test_features.py",
+                     "test_onnx_weights.py", "test_parity.py")
 TOOLCHAIN_FIXTURES = {"tiny_checkpoints", "tiny_bundles", "hf_models", "hf_features"}
 collect_ignore = [] if HAS_TOOLCHAIN else list(TOOLCHAIN_MODULES)
 
