@@ -259,3 +259,22 @@ def test_fp16_drift_is_bounded(precision, fp16_bundles, tiny_bundles, tiny_check
     print(f"coreml {precision} a: {sum(r.same_tokens for r in rows)}/{len(rows)} clips identical, "
           f"max |Δ logprob| {worst:.3f}")
     assert 0 < worst <= FP16_LOGPROB_BOUND[precision]  # > 0: FP16 really is in the path
+
+
+# --- python -m exporter check --------------------------------------------------------------------------------
+
+def test_exporter_check_compares_every_backend(capsys) -> None:
+    """The demo bundle: ONNX is the reference, the Core ML files agree with it, a drift limit below what FP16
+    gives exits 1, bad lengths exit 2 with one line."""
+    from exporter.__main__ import main
+
+    assert main(["check", str(DEMO), "--seconds", "2,3.5"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "reference: onnx; 2 clips, 5.5 s of audio"
+    assert out[1].startswith("onnx              2/2 clips with identical tokens") and "log-prob| 0.00e+00" in out[1]
+    assert out[2].startswith("coreml-reference  2/2 clips with identical tokens")
+    assert main(["check", str(DEMO), "--seconds", "2", "--max-drift", "1e-6"]) == 1
+    assert main(["check", str(DEMO), "--seconds", "50"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --seconds takes clip lengths of 0.2–35 s")
+    assert main(["check", str(DEMO / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: model bundle {DEMO / 'nowhere'} is not a folder"

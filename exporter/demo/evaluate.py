@@ -1,12 +1,13 @@
 """Measure the demo model through the daemon: held-out sentences → espeak-ng → `python -m daemon transcribe`.
 
-    python -m exporter.demo.evaluate [--model models/demo] [--n 60] [--seed 7] [--out FILE.json]
+    python -m exporter.demo.evaluate [--model models/demo] [--backend onnx] [--n 60] [--seed 7] [--out FILE.json]
 
 Per language (en, es): WER on sentences never seen in training spoken by training voices, and by a voice
 variant never used in training; the same sentences three to a clip with pauses between them (one window of
 several sentences, as `transcribe` without --vad and long utterances give); plus a check that the language
 prompt matters (English audio decoded with the Spanish prompt gives other tokens). It runs the daemon's own
-command line on the ONNX bundle, not torch.
+command line on the bundle's ONNX files (or `--backend coreml-reference`: its Core ML files through the
+reference evaluator, about 0.2 s per second of audio), not torch.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ def heldout_sentences(lang: str, n: int) -> list[str]:
     return grammar.demo_heldout(lang)[:n]
 
 
-def transcribe(model: str, wavs: list[Path], language: str) -> list[dict]:
+def transcribe(model: str, wavs: list[Path], language: str, backend: str = "onnx") -> list[dict]:
     """`python -m daemon transcribe --format json` on every file, one process; one dict per file."""
     cmd = [sys.executable, "-m", "daemon", "transcribe", *map(str, wavs), "--model", model, "--language", language,
-           "--format", "json", "--backend", "onnx", "--no-punctuation"]
+           "--format", "json", "--backend", backend, "--no-punctuation"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     return [json.loads(line) for line in out.splitlines()]
 
@@ -45,7 +46,8 @@ PER_CLIP = 3  # sentences per clip in the multi-sentence set
 MULTI_SEED_OFFSET = 100  # its voices are drawn apart from the single-sentence clips' (seed --seed + 100)
 
 
-def evaluate(model: str, lang: str, n: int, seed: int, heldout_voice: bool, folder: Path, multi: bool = False) -> dict:
+def evaluate(model: str, lang: str, n: int, seed: int, heldout_voice: bool, folder: Path, multi: bool = False,
+             backend: str = "onnx") -> dict:
     sentences = heldout_sentences(lang, n)
     per_clip = PER_CLIP if multi else 1
     groups = [sentences[i:i + per_clip] for i in range(0, len(sentences), per_clip)]
@@ -56,7 +58,7 @@ def evaluate(model: str, lang: str, n: int, seed: int, heldout_voice: bool, fold
     for i, x in enumerate(clips):
         wavs.append(folder / f"{lang}-{'heldout' if heldout_voice else 'train'}-{per_clip}-{i:03d}.wav")
         sf.write(wavs[-1], x, synth.SAMPLE_RATE)
-    docs = transcribe(model, wavs, lang)
+    docs = transcribe(model, wavs, lang, backend)
     hyps = [text_of(d) for d in docs]
     voice = "held-out variant " + synth.HELDOUT_VARIANT[lang] if heldout_voice else "training voices"
     return {"lang": lang, "voice": voice + (f", {per_clip} sentences per clip" if multi else ""),
@@ -65,16 +67,18 @@ def evaluate(model: str, lang: str, n: int, seed: int, heldout_voice: bool, fold
             "seconds": round(sum(len(x) for x in clips) / synth.SAMPLE_RATE, 1), "wavs": wavs, "docs": docs}
 
 
-def prompt_matters(model: str, wavs: list[Path]) -> dict:
+def prompt_matters(model: str, wavs: list[Path], backend: str = "onnx") -> dict:
     """English clips decoded with the Spanish prompt: how many give different tokens."""
-    en = [d["segments"][0]["tokens"] for d in transcribe(model, wavs, "en")]
-    es = [d["segments"][0]["tokens"] for d in transcribe(model, wavs, "es")]
+    en = [d["segments"][0]["tokens"] for d in transcribe(model, wavs, "en", backend)]
+    es = [d["segments"][0]["tokens"] for d in transcribe(model, wavs, "es", backend)]
     return {"clips": len(wavs), "different_tokens": sum(a != b for a, b in zip(en, es, strict=True))}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m exporter.demo.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "models" / "demo"))
+    ap.add_argument("--backend", default="onnx", choices=["onnx", "coreml-reference"],
+                    help="the bundle's files to run: onnx, or the Core ML files through the reference evaluator")
     ap.add_argument("--n", type=int, default=60, help="held-out sentences per language")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -83,13 +87,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for lang in grammar.LANGUAGES:
             for heldout, multi in ((False, False), (True, False), (False, True)):
-                r = evaluate(args.model, lang, args.n, args.seed, heldout, Path(tmp), multi)
+                r = evaluate(args.model, lang, args.n, args.seed, heldout, Path(tmp), multi, args.backend)
                 print(f"{lang} {r['voice']:<46} WER {100 * r['wer']:5.1f} %  ({r['n']} sentences, {r['seconds']} s)")
                 results.append(r)
         first = next(r for r in results if r["lang"] == "en" and r["voice"] == "training voices")
-        pm = prompt_matters(args.model, first["wavs"][:20])
+        pm = prompt_matters(args.model, first["wavs"][:20], args.backend)
         print(f"English audio, Spanish prompt: {pm['different_tokens']}/{pm['clips']} clips give other tokens")
-    summary = {"command": " ".join(["python -m exporter.demo.evaluate", *sys.argv[1:]]),
+    summary = {"command": " ".join(["python -m exporter.demo.evaluate", *sys.argv[1:]]), "backend": args.backend,
                "results": [{k: v for k, v in r.items() if k not in ("wavs", "docs")} for r in results],
                "prompt_matters": pm}
     if args.out:
