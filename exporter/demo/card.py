@@ -1,10 +1,11 @@
 """Write the demo bundle's model card (MODEL_CARD.md) from the checkpoint's training.json and an evaluation.
 
     python -m exporter.demo.card [--checkpoint models/demo-checkpoint] [--bundle models/demo]
-        [--eval models/demo-checkpoint/evaluation.json]
+        [--eval models/demo-checkpoint/evaluation.json] [--coreml-eval models/demo-checkpoint/evaluation-coreml.json]
 
-The evaluation JSON is what `python -m exporter.demo.evaluate --out FILE` writes; nothing here is typed in by
-hand, so the card always states what was measured for the files beside it.
+The evaluation JSON is what `python -m exporter.demo.evaluate --out FILE` writes (the Core ML one: with
+`--backend coreml-reference`); nothing here is typed in by hand, so the card always states what was measured
+for the files beside it.
 """
 
 from __future__ import annotations
@@ -80,7 +81,32 @@ def _training_lines(training: dict) -> str:
     return "\n".join([head, *(f"  {i + 1}. {_phase(t)}" for i, t in enumerate(chain))])
 
 
-def render(training: dict, evaluation: dict, config: dict, bundle: Path, params: int) -> str:
+def coreml_section(evaluation: dict, coreml: dict) -> str:
+    """The Core ML files (through the reference evaluator) next to the ONNX files, set by set."""
+    onnx = {(r["lang"], r["voice"]): r for r in evaluation["results"]}
+    rows, diffs = [], []
+    for r in coreml["results"]:
+        o = onnx[(r["lang"], r["voice"])]
+        diffs.append(100 * (r["wer"] - o["wer"]))
+        rows.append(f"| {r['lang']} | {r['voice']} | {r['n']} | {100 * o['wer']:.2f} % | {100 * r['wer']:.2f} % "
+                    f"| {diffs[-1]:+.2f} |")
+    table = "\n".join(rows)
+    return f"""## Core ML files vs ONNX files
+The bundle's Core ML files (hybrid: INT8 encoder weights, FP16 compute) run on Linux through the reference
+evaluator (`--backend coreml-reference`: coremltools' own op semantics, op by op, FP16 kept between ops), on the
+same test clips as above:
+
+| language | voices | sentences | WER, ONNX | WER, Core ML (hybrid) | difference (points) |
+|---|---|---|---|---|---|
+{table}
+
+Largest difference: {max(diffs, key=abs):+.2f} points. Reproduce: `{coreml['command']}` (and the ONNX command
+above).
+"""
+
+
+def render(training: dict, evaluation: dict, config: dict, bundle: Path, params: int,
+           coreml: dict | None = None) -> str:
     enc, dec = config["encoder_config"], config
     size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file() and p.name != "MODEL_CARD.md")
     data = training["data"]
@@ -130,7 +156,7 @@ Through `python -m daemon transcribe` on the ONNX bundle (not torch), greedy, no
 
 English audio decoded with the Spanish prompt gives different tokens on {pm['different_tokens']}/{pm['clips']} clips.
 Reproduce: `{evaluation['command']}`.
-"""
+""" + ("" if coreml is None else "\n" + coreml_section(evaluation, coreml))
 
 
 def main() -> None:
@@ -138,12 +164,16 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "demo-checkpoint")
     ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "demo")
     ap.add_argument("--eval", type=Path, help="evaluate.py JSON (default: CHECKPOINT/evaluation.json)")
+    ap.add_argument("--coreml-eval", type=Path,
+                    help="evaluate.py --backend coreml-reference JSON (default: CHECKPOINT/evaluation-coreml.json)")
     args = ap.parse_args()
     training = json.loads((args.checkpoint / "training.json").read_text())
     evaluation = json.loads((args.eval or args.checkpoint / "evaluation.json").read_text())
     config = json.loads((args.checkpoint / "config.json").read_text())
+    coreml_path = args.coreml_eval or args.checkpoint / "evaluation-coreml.json"
+    coreml = json.loads(coreml_path.read_text()) if coreml_path.is_file() else None
     (args.bundle / "MODEL_CARD.md").write_text(render(training, evaluation, config, args.bundle,
-                                                              parameter_count(args.checkpoint)))
+                                                      parameter_count(args.checkpoint), coreml))
     print(f"wrote {args.bundle / 'MODEL_CARD.md'}")
 
 

@@ -77,9 +77,7 @@ def evaluation_of(op: Any) -> str | None:
     if op.op_type in EVALUATIONS:
         return "mil_ops"
     if op.op_type.startswith("constexpr_"):
-        own = getattr(cls, "materialized_val_inference", None)
-        return "materialized_val_inference" if own is not None and own is not getattr(
-            Operation, "materialized_val_inference", None) else None
+        return "materialized_val_inference" if hasattr(cls, "materialized_val_inference") else None
     if cls.value_inference is not Operation.value_inference and not op.blocks:
         return "value_inference"
     return None
