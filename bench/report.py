@@ -419,6 +419,29 @@ def full_shape_part(doc: Doc, img: Path, rel: str) -> Lines:
     return out
 
 
+def coreml_drift_part(doc: Doc, img: Path, rel: str) -> Lines:
+    """Core ML files (reference evaluator) vs transformers per tiny config and precision."""
+    rows = []
+    for key, r in doc.get("results", {}).items():
+        short, long = r.get("up_to_20.48s", {}), r.get("over_20.48s", {})
+        rows.append([key, f"{r['all']['identical']}/{r['all']['clips']}", r["all"]["tokens_before_first_difference"],
+                     short.get("max_logprob_drift", "–"), long.get("max_logprob_drift", "–")])
+    return ["## Core ML files vs transformers: token agreement and log-prob drift", "",
+            "Random tiny configs exported to Core ML in each precision, run through the reference evaluator "
+            "(`--backend coreml-reference`) next to transformers `generate()` (greedy); drift = largest |Δ log-prob| "
+            "of generate()'s tokens, teacher-forced. Past 20.48 s (2048 frames) FP16 cannot hold every frame count.",
+            "", *table(["config/precision", "clips with identical tokens", "tokens before the first difference",
+                        "max drift, clips ≤ 20.48 s", "max drift, clips > 20.48 s"], rows), provenance(doc), ""]
+
+
+def coreml_speed_part(doc: Doc, img: Path, rel: str) -> Lines:
+    """Seconds per window: the demo bundle's Core ML files through the reference evaluator vs its ONNX files."""
+    rows = [[backend, clip, r["window_s"], r["encoder_s"], r["ms_per_step"]]
+            for backend, clips in doc.get("results", {}).items() for clip, r in clips.items()]
+    return ["## Core ML reference evaluator: speed", "",
+            *table(["backend", "clip", "window (s)", "encoder (s)", "decoder ms/step"], rows), provenance(doc), ""]
+
+
 # ---------------------------------------------------------------- the document
 Part = Callable[[Doc, Path, str], Lines]
 PARTS: list[tuple[str, str, Part]] = [
@@ -427,6 +450,8 @@ PARTS: list[tuple[str, str, Part]] = [
     ("live_latency.json", "python -m bench.live_latency", live_latency_part),
     ("soak.json", "python -m bench.soak", soak_part),
     ("long_run.json", "python -m bench.long_run", long_run_part),
+    ("coreml_drift.json", "python -m bench.coreml_drift", coreml_drift_part),
+    ("coreml_speed.json", "python -m bench.coreml_speed", coreml_speed_part),
 ]
 
 

@@ -85,8 +85,22 @@ LONG_RUN = {  # bench/long_run.py's JSON, abridged
                  "latency_p95_ms": 240.0} for t in range(5)],
 }
 
+COREML_DRIFT = {  # bench/coreml_drift.py's JSON, abridged
+    "command": "python -m bench.coreml_drift --clips 4", "machine": MACHINE,
+    "results": {"a/fp16": {"all": {"clips": 4, "identical": 3, "tokens_before_first_difference": 0.875,
+                                   "max_logprob_drift": 0.33},
+                           "up_to_20.48s": {"clips": 3, "max_logprob_drift": 0.05},
+                           "over_20.48s": {"clips": 1, "max_logprob_drift": 0.33}}},
+}
+COREML_SPEED = {  # bench/coreml_speed.py's JSON
+    "command": "python -m bench.coreml_speed", "machine": MACHINE,
+    "results": {"coreml-reference": {"5s": {"window_s": 2.5, "encoder_s": 1.0, "decoder_s": 1.5, "decoder_steps": 54,
+                                            "ms_per_step": 27.6}}},
+}
+
 ALL = {"accuracy-tiny.json": ACCURACY, "decoder_step.json": DECODER_STEP, "live_latency.json": LIVE_LATENCY,
-       "soak.json": SOAK, "full_shape.json": FULL_SHAPE, "long_run.json": LONG_RUN}
+       "soak.json": SOAK, "full_shape.json": FULL_SHAPE, "long_run.json": LONG_RUN,
+       "coreml_drift.json": COREML_DRIFT, "coreml_speed.json": COREML_SPEED}
 
 
 def write_results(folder: Path, docs: dict[str, dict[str, Any]]) -> Path:
@@ -126,7 +140,8 @@ def test_every_table_names_its_command_and_machine(full: tuple[Path, str], doc: 
 def test_each_table_is_followed_by_its_provenance(full: tuple[Path, str]) -> None:
     blocks = full[1].split("\n\n")
     tables = [i for i, block in enumerate(blocks) if block.startswith("| ")]
-    assert len(tables) == 10  # accuracy 2, decoder step 1, full shape 3, live latency 1, soak 2, long run 1
+    assert len(tables) == 12  # accuracy 2, decoder step 1, full shape 3, live latency 1, soak 2, long run 1,
+    # Core ML drift 1 and speed 1
     for i in tables:
         assert blocks[i + 1].startswith("Command: `") and " · Machine: " in blocks[i + 1], blocks[i]
 
@@ -161,6 +176,8 @@ def test_tables_hold_the_numbers(full: tuple[Path, str]) -> None:
     assert "- ran with 4 encoder layers" in md and "- Total seconds: 321.5" in md
     assert "More in the JSON: `steps`." in md and "a very long log line" not in md
     assert "load average at end 2.5, 2" in md
+    # Core ML reference evaluator: drift per config/precision, speed per backend and clip
+    assert "| a/fp16 | 3/4 | 0.88 | 0.05 | 0.33 |" in md and "| coreml-reference | 5s | 2.5 | 1 | 27.6 |" in md
     assert "Not measured yet" not in md
 
 
