@@ -12,7 +12,8 @@ real-time file would take the hour itself. At 6× a 3 s sentence is open for 0.5
 the transcript file: finals so far and the audio position of the last one.
 
 Figures (each against its goal): RSS growth = (RSS at the end of the audio − RSS once 10 % of the audio was
-captioned) ÷ the latter (goal ≤ 5 %); fds and threads: maximum over the run minus the value at 10 % (goal 0);
+captioned) ÷ the latter (goal ≤ 5 %); fds and threads: their least value over the last quarter of the samples
+minus that over the first quarter, from 10 % of the audio on (goal 0; the least, since /health's own connection comes and goes);
 latency stable: the median final latency of the last quarter of the samples ÷ that of the second quarter
 (goal ≤ 1.5).
 """
@@ -58,21 +59,29 @@ def done(samples: list[dict[str, Any]], sentences: int) -> bool:
     return bool(samples) and samples[-1]["source_ended"] and samples[-1]["finals"] >= sentences
 
 
+def _level(samples: list[dict[str, Any]], key: str, quarter: int) -> int:
+    """The least value of `key` over the first (0) or last (-1) quarter of the samples: the steady level, not
+    a descriptor or thread that exists only while a /health request is being answered."""
+    q = max(1, len(samples) // 4)
+    part = samples[:q] if quarter == 0 else samples[-q:]
+    return min(int(x[key]) for x in part)
+
+
 def figures(samples: list[dict[str, Any]], audio_s: float) -> dict[str, Any]:
     """The growth and stability figures of the docstring."""
     during = [s for s in samples if not s["source_ended"]] or samples
     base = next(s for s in during if s["audio_s"] >= 0.1 * audio_s) if during[-1]["audio_s"] >= 0.1 * audio_s \
         else during[0]
-    end = during[-1]
+    end, steady = during[-1], during[during.index(base):]  # from 10 % of the audio: model loaded, warmed up
     lat = [s["latency_median_ms"] for s in during if s["latency_median_ms"] is not None]
     q = max(1, len(lat) // 4)
     second, last = sorted(lat[q : 2 * q]), sorted(lat[-q:])
     ratio = (last[len(last) // 2] / second[len(second) // 2]) if second and last and second[0] else None
     return {"rss_mb_at_10_percent": base["rss_mb"], "rss_mb_at_end": end["rss_mb"],
             "rss_growth_percent": round(100 * (end["rss_mb"] - base["rss_mb"]) / base["rss_mb"], 2),
-            "fds_at_10_percent": base["fds"], "fd_growth": max(s["fds"] for s in during) - base["fds"],
+            "fds_at_10_percent": base["fds"], "fd_growth": _level(steady, "fds", -1) - _level(steady, "fds", 0),
             "threads_at_10_percent": base["threads"],
-            "thread_growth": max(s["threads"] for s in during) - base["threads"],
+            "thread_growth": _level(steady, "threads", -1) - _level(steady, "threads", 0),
             "latency_median_ms_second_quarter": second[len(second) // 2] if second else None,
             "latency_median_ms_last_quarter": last[len(last) // 2] if last else None,
             "latency_ratio": None if ratio is None else round(ratio, 3)}

@@ -346,8 +346,10 @@ def long_run_part(doc: Doc, img: Path, rel: str) -> Lines:
            f"{doc.get('source')}, partials every {num(doc.get('partial_interval_ms'))} ms, model "
            f"`{repo_path(doc.get('model', '?'))}`; RSS, open file descriptors and threads read from /proc, the "
            f"final latency from /health, every {num(doc.get('sample_seconds'))} s. Growth is measured from the "
-           "moment 10 % of the audio was captioned to the end of the audio; latency stability is the median of "
-           "the last quarter of the samples over that of the second quarter.", ""]
+           "moment 10 % of the audio was captioned to the end of the audio (fds and threads: the least value of the "
+           "last quarter of those samples minus that of the first, as /health's own connection comes and goes); "
+           "latency stability is the median of the last quarter of the samples over that of the second quarter.",
+           ""]
     out += table(["measure", "value", "goal", "met"], [
         ["RSS at 10 % / at the end (MB)", f"{num(f.get('rss_mb_at_10_percent'))} / {num(f.get('rss_mb_at_end'))}",
          "", ""],
