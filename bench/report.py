@@ -426,8 +426,10 @@ def coreml_drift_part(doc: Doc, img: Path, rel: str) -> Lines:
     rows = []
     for key, r in doc.get("results", {}).items():
         short, long = r.get("up_to_20.48s", {}), r.get("over_20.48s", {})
-        rows.append([key, f"{r['all']['identical']}/{r['all']['clips']}", r["all"]["tokens_before_first_difference"],
-                     short.get("max_logprob_drift", "–"), long.get("max_logprob_drift", "–")])
+        drift = [f"{d:.2g}" if isinstance(d, float) else "–" for d in (short.get("max_logprob_drift"),
+                                                                           long.get("max_logprob_drift"))]
+        rows.append([key, f"{r['all']['identical']}/{r['all']['clips']}",
+                     f"{100 * r['all']['tokens_before_first_difference']:.1f} %", *drift])
     return ["## Core ML files vs transformers: token agreement and log-prob drift", "",
             "Random tiny configs exported to Core ML in each precision, run through the reference evaluator "
             "(`--backend coreml-reference`) next to transformers `generate()` (greedy); drift = largest |Δ log-prob| "

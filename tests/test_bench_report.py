@@ -177,7 +177,7 @@ def test_tables_hold_the_numbers(full: tuple[Path, str]) -> None:
     assert "More in the JSON: `steps`." in md and "a very long log line" not in md
     assert "load average at end 2.5, 2" in md
     # Core ML reference evaluator: drift per config/precision, speed per backend and clip
-    assert "| a/fp16 | 3/4 | 0.88 | 0.05 | 0.33 |" in md and "| coreml-reference | 5s | 2.5 | 1 | 27.6 |" in md
+    assert "| a/fp16 | 3/4 | 87.5 % | 0.05 | 0.33 |" in md and "| coreml-reference | 5s | 2.5 | 1 | 27.6 |" in md
     assert "Not measured yet" not in md
 
 
