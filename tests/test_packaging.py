@@ -173,7 +173,7 @@ def declared(requirements: list[str]) -> set[str]:
 
 def test_runtime_imports_only_declared_dependencies() -> None:
     """daemon/ and clients/ import the standard library, themselves and `dependencies`; Core ML's package is
-    the `coreml` extra and only the coreml backend imports it."""
+    the `coreml` extra and only the Core ML backends (coreml, coreml-reference) import it."""
     project = PYPROJECT["project"]
     runtime = declared(project["dependencies"])
     coreml = declared(project["optional-dependencies"]["coreml"])
@@ -182,7 +182,8 @@ def test_runtime_imports_only_declared_dependencies() -> None:
     for package in ("daemon", "clients"):
         for file, names in imported_roots(ROOT / package).items():
             for name in names - ours - set(sys.stdlib_module_names) - {"__future__"}:
-                allowed = runtime | (coreml if file.endswith("backends/coreml.py") else set())
+                core_ml = file.endswith(("backends/coreml.py", "backends/coreml_reference.py"))
+                allowed = runtime | (coreml if core_ml else set())
                 assert dists.get(name, {name}) & allowed, f"{file} imports {name}, which is not a dependency"
 
 
