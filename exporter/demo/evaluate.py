@@ -7,7 +7,7 @@ variant never used in training; the same sentences three to a clip with pauses b
 several sentences, as `transcribe` without --vad and long utterances give); plus a check that the language
 prompt matters (English audio decoded with the Spanish prompt gives other tokens). It runs the daemon's own
 command line on the bundle's ONNX files (or `--backend coreml-reference`: its Core ML files through the
-reference evaluator, about 0.2 s per second of audio), not torch.
+reference evaluator, several times slower: about 12 min for the whole set), not torch.
 """
 
 from __future__ import annotations
