@@ -9,6 +9,17 @@ import numpy.typing as npt
 
 from daemon.audio import SAMPLE_RATE as SR
 
+N_CLIPS = 20  # the parity clips: 20 lengths from 0.5 s to the full 35 s window
+MAX_NEW = 24  # tokens generated per clip
+LANGS = ("en", "es", "fr", "de", "ja")  # the prompt languages the clips cycle through
+
+
+def clip_lengths() -> list[float]:
+    """Seconds of each parity clip (fixed seed), the shortest and the full window included."""
+    rng = np.random.default_rng(3)
+    return sorted([0.5, 35.0, *list(rng.uniform(0.5, 35.0, N_CLIPS - 2))])
+
+
 PROMPT_PIECES = ["\u2581", "<|startofcontext|>", "<|startoftranscript|>", "<|emo:undefined|>", "<|{l}|>",
                  "<|{l}|>", "{p}", "<|noitn|>", "<|notimestamp|>", "<|nodiarize|>"]
 

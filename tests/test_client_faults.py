@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+from fake_model import SR, ScriptedModel, frames, loud, silence, speech
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_engine import SR, ScriptedModel, frames, loud, silence, speech
-from test_protocol import VALIDATOR
+from protocol_schema import VALIDATOR
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from wsclients import (

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
-from reference import hf_greedy, prompt_ids
-from test_parity import LANGS, MAX_NEW, clip_lengths
+from reference import LANGS, MAX_NEW, clip_lengths, hf_greedy, prompt_ids
 
 from daemon.errors import BackendError
 from daemon.model.backends import coreml_reference as cr

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
-from reference import hf_greedy, prompt_ids
+from reference import LANGS, MAX_NEW, clip_lengths, hf_greedy, prompt_ids
 
 from daemon.model.bundle import encoder_frames, load_bundle
 from daemon.model.decode import DecodeOptions, cross_inputs, greedy_decode
@@ -17,14 +17,6 @@ from daemon.model.transcriber import load_transcriber
 from devtools.speech import speech_clip
 
 PRESETS = ("a", "b")
-N_CLIPS = 20
-MAX_NEW = 24
-LANGS = ("en", "es", "fr", "de", "ja")
-
-
-def clip_lengths() -> list[float]:
-    rng = np.random.default_rng(3)
-    return sorted([0.5, 35.0, *list(rng.uniform(0.5, 35.0, N_CLIPS - 2))])
 
 
 @pytest.fixture(scope="module")

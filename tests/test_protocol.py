@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from protocol_schema import SCHEMA, VALIDATOR
 
 from daemon.live.messages import (
     CLIENT_TYPES,
@@ -33,8 +32,6 @@ from daemon.live.messages import (
     parse_command,
 )
 
-SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "protocol.schema.json").read_text())
-
 
 def event_classes(base: type[Event] = Event) -> list[type[Event]]:
     """Every class below `base` (subclasses of subclasses too): the server messages the code can send."""
@@ -43,21 +40,6 @@ def event_classes(base: type[Event] = Event) -> list[type[Event]]:
 
 EVENTS = {cls.type: cls for cls in event_classes()}
 SCHEMA_SERVER_TYPES = {b["$ref"].removeprefix("#/$defs/") for b in SCHEMA["oneOf"]}
-
-# jsonschema checks "date-time" only when rfc3339-validator is installed; check it here either way.
-FORMATS = jsonschema.FormatChecker()
-
-
-@FORMATS.checks("date-time", raises=ValueError)
-def _is_datetime(value: object) -> bool:
-    if not isinstance(value, str):
-        return True
-    if "T" not in value or datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo is None:
-        raise ValueError(f"not an RFC 3339 date-time with an offset: {value!r}")
-    return True
-
-
-VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=FORMATS)
 
 SETTINGS = Settings(language="en", punctuation=True, paused=False)
 FINAL = Final(segment=3, start=12.4801, end=15.9, text="Turn on the lights.", language="en", stop_reason="eos")
