@@ -12,6 +12,7 @@ import logging
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,10 +51,17 @@ def _convert(module: torch.nn.Module, specs_in: list, specs_out: list, precision
             outputs=[ct.TensorType(name=n, dtype=np.dtype(dt).type) for n, _, dt in specs_out],
             convert_to="mlprogram",
             minimum_deployment_target=getattr(ct.target, TARGET),
-            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else _fp16_tensors_only(ct),
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     mlmodel.save(str(path))
+
+
+def _fp16_tensors_only(ct: Any) -> Any:
+    """FP16 for tensors, FP32 for scalars and vectors: lengths and positions are computed in rank ≤ 1 ops, and
+    FP16 holds integers exactly only up to 2048 (a 3000-frame window's length came out 376 encoder frames, not
+    375, so a padded frame leaked into attention for every clip over 20.48 s)."""
+    return ct.transform.FP16ComputePrecision(op_selector=lambda op: op.outputs[0].rank > 1)
 
 
 def quantize_int8(path: Path) -> None:
