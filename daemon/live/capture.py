@@ -35,9 +35,10 @@ SILENT_MIC_S = 5.0  # this much exact digital silence from a microphone means ma
 FAST_AHEAD_FRAMES = 100  # --fast file source: frames decoded ahead of the consumer (3 s)
 READ_POLL_S = 0.25  # the stdin reader looks for close() this often
 STALL_GRACE_S = 1.0  # a live source silent for longer than this counts as stalled (lag in /health)
-LOST_AFTER_S = 0.5  # a microphone stream with no callback this long has lost its device
+LOST_AFTER_S = 0.5  # a microphone stream that delivered and then has no callback this long has lost its device
+START_GRACE_S = 3.0  # a stream just opened may be this slow to deliver (ALSA→PulseAudio: 0.03–1.3 s measured)
 WATCH_S = 0.1  # the microphone's supervisor looks this often
-RETRY_S, RETRY_MAX_S = 0.1, 1.0  # reopening a lost device: first delay, doubling up to the most
+RETRY_S, RETRY_MAX_S = 0.1, 0.5  # reopening a lost device: first delay, doubling up to the most
 
 
 class Reframer:
@@ -319,8 +320,9 @@ class MicSource(Source):
     A device that vanishes (unplugged, its PulseAudio source unloaded) stops calling back, or PortAudio
     finishes the stream: after LOST_AFTER_S without audio the device counts as lost (`interrupted`; the daemon
     finalizes the open segment from what was captured), a `device_lost` warning goes out, and the stream is
-    reopened with backoff (RETRY_S, at most RETRY_MAX_S apart, so capture resumes within about a second of the
-    device returning). Without --device the reopen takes whatever the default input is then, so a change of the
+    reopened with backoff (RETRY_S, at most RETRY_MAX_S apart). `device_restored` goes out with the first block
+    of the reopened stream, when capture has really resumed; a stream just opened has START_GRACE_S to deliver
+    it (PulseAudio through ALSA starts a capture stream up to 1.3 s late), else it is reopened again. Without --device the reopen takes whatever the default input is then, so a change of the
     default device is followed once the old one is gone (PortAudio can only list devices anew with every stream
     closed, so a working device is never dropped for a new default).
     """
@@ -333,7 +335,8 @@ class MicSource(Source):
         self._set_device(info)
         self._stream: Any = None
         self._task: asyncio.Task[None] | None = None
-        self._last_block = time.monotonic()
+        self._last_block = self._opened = time.monotonic()
+        self._delivering = False  # the open stream has called back at least once
         self._finished = threading.Event()
         self.overflows = 0
 
@@ -352,26 +355,35 @@ class MicSource(Source):
 
     def _open(self) -> None:
         self._finished.clear()
-        self._last_block = time.monotonic()
+        self._delivering = False
+        self._last_block = self._opened = time.monotonic()
         self._stream = self._pa.open(self._index, self._rate, self._on_block, self._finished.set)
 
     def _on_block(self, block: npt.NDArray[np.float32]) -> None:  # the PortAudio thread
         self._last_block = time.monotonic()
+        self._delivering = True
         self._put_threadsafe(self._reframer.push(block))
 
     def _lost(self) -> bool:
-        return self._finished.is_set() or time.monotonic() - self._last_block > LOST_AFTER_S
+        if self._delivering:
+            return self._finished.is_set() or time.monotonic() - self._last_block > LOST_AFTER_S
+        return self._finished.is_set() or time.monotonic() - self._opened > START_GRACE_S
 
     async def _supervise(self) -> None:
         while True:
             await asyncio.sleep(WATCH_S)
-            if self._stream is not None and self._lost():
+            if self._stream is None:
+                continue
+            if self.interrupted and self._delivering:  # the reopened stream delivers: capture has resumed
+                self.interrupted = False
+                self.recover("device_restored", "device_lost", f"capturing again from {self.name}")
+            if self._lost():
                 await self._reconnect()
 
     async def _reconnect(self) -> None:
-        lost_name = self.name
-        self.interrupted = True
-        self.warn("device_lost", f"{lost_name} stopped delivering audio (unplugged?); reopening", lasting=True)
+        if not self.interrupted:  # a reopened stream that never delivered is not a new loss
+            self.interrupted = True
+            self.warn("device_lost", f"{self.name} stopped delivering audio (unplugged?); reopening", lasting=True)
         await asyncio.to_thread(self._close_stream)
         delay = RETRY_S
         while True:
@@ -382,8 +394,6 @@ class MicSource(Source):
                 log.debug("reopening the microphone failed: %s; next try in %.1f s", e, delay)
             await asyncio.sleep(delay)
             delay = min(2 * delay, RETRY_MAX_S)
-        self.interrupted = False
-        self.recover("device_restored", "device_lost", f"capturing again from {self.name}")
 
     def _reopen(self) -> None:
         self._pa.rescan()
