@@ -4,9 +4,9 @@
 
 No conversion: the real 2B model does not fit in memory here, so its sizes are computed from the shapes of a
 meta-device model (transformers' default CohereAsrConfig, the real one) with the exporter's INT8 recipe: tensors
-of ≥ 2048 elements INT8 with one FP16 scale per output channel, smaller ones FP16; each layer's positional
-projection (relative_k_proj) is folded by the converter into a bucket-sized constant, (heads·head_dim)×(2T−1)
-INT8 plus 2T−1 FP16 scales. Weights shared by the buckets are stored once in the multifunction package; the
+of ≥ 2048 elements INT8 with one FP16 scale per block of 32 input weights, smaller ones FP16; each layer's
+positional projection (relative_k_proj) is folded by the converter into a bucket-sized constant,
+(heads·head_dim)×(2T−1) INT8 plus one FP16 scale per 32 of them. Weights shared by the buckets are stored once in the multifunction package; the
 bucket-sized constants once per bucket. The same computation for the demo checkpoint is printed next to the
 demo bundle's measured package, as a check of the method.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 from daemon.model.bundle import encoder_frames, load_bundle
 
 THRESHOLD = 2048  # exporter.to_coreml.INT8_WEIGHT_THRESHOLD
+BLOCK = 32  # exporter.to_coreml.INT8_BLOCK: weights per FP16 scale
 
 
 def computed(cfg: object, buckets: tuple[int, ...]) -> tuple[int, dict[int, int]]:
@@ -34,14 +35,14 @@ def computed(cfg: object, buckets: tuple[int, ...]) -> tuple[int, dict[int, int]
     for name, p in wrapper.named_parameters():
         if "relative_k_proj" in name:
             continue  # folded into the bucket-sized constants below
-        shared += p.numel() + 2 * p.shape[0] if p.numel() >= THRESHOLD else 2 * p.numel()
+        shared += p.numel() + 2 * p.numel() // BLOCK if p.numel() >= THRESHOLD else 2 * p.numel()
     enc = cfg.encoder_config  # type: ignore[attr-defined]
     stages = (enc.subsampling_factor - 1).bit_length()
     width = enc.hidden_size
     own = {}
     for frames in buckets:
         positions = 2 * encoder_frames(frames, stages) - 1
-        own[frames] = enc.num_hidden_layers * (width * positions + 2 * positions)
+        own[frames] = enc.num_hidden_layers * (width * positions + 2 * width * positions // BLOCK)
     return shared, own
 
 

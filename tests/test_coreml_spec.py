@@ -77,7 +77,7 @@ def test_hybrid_encoder_int8_decoder_fp16(wide) -> None:
     dec = weight_bytes(bundles["hybrid"] / "coreml/decoder_step.mlpackage")
     share = enc.get("INT8", 0) / sum(enc.values())
     print(f"hybrid encoder: {share:.1%} of weight bytes INT8 ({enc}); decoder {dec}")
-    assert share >= 0.95
+    assert share >= 0.92  # INT8, plus one FP16 scale per 32 weights (6 % of the INT8 bytes) and small FP16 tensors
     assert set(dec) - {"INT32"} == {"FLOAT16"}  # INT32: index constants (positions), not weights
     assert "INT8" not in weight_bytes(bundles["fp16"] / ENCODER, "encoder_1000")
     assert set(weight_bytes(bundles["fp32"] / "coreml/decoder_step.mlpackage")) - {"INT32"} == {"FLOAT32"}
