@@ -351,3 +351,34 @@ def test_compiling_off_macos_is_one_line(demo: Bundle, tmp_path: Path) -> None:
     assert str(e.value).startswith(f"cannot compile {DEMO / 'coreml/decoder_step.mlpackage'} for Core ML: ")
     assert "\n" not in str(e.value)
     assert not any(p.suffix == ".mlmodelc" for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize(("system", "mac", "coremltools", "expected"), [
+    ("Linux", "", True, "onnx"),
+    ("Darwin", "15.1", True, "coreml"),
+    ("Darwin", "14.6.1", True, "onnx"),  # older than the files' macOS 15 target: ONNX, with a warning
+    ("Darwin", "15.1", False, "onnx"),  # coremltools missing: ONNX, with a warning
+])
+def test_the_default_backend_is_coreml_only_where_it_can_run(
+        demo: Bundle, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, system: str, mac: str,
+        coremltools: bool, expected: str) -> None:
+    import builtins
+    import platform
+
+    from daemon.model.backends import default_backend
+
+    monkeypatch.setattr(platform, "system", lambda: system)
+    monkeypatch.setattr(platform, "mac_ver", lambda: (mac, ("", "", ""), ""))
+    real_import = builtins.__import__
+
+    def fake_import(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "coremltools" and not coremltools:
+            raise ImportError("No module named 'coremltools'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    assert default_backend(demo) == expected
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert bool(warned) == (system == "Darwin" and expected == "onnx")
+    if warned:
+        assert warned[0].endswith("— using onnx") and ("macOS 14.6.1" in warned[0] or "coremltools" in warned[0])

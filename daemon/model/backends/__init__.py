@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 
-from daemon.errors import ConfigError
+from daemon.errors import BackendError, ConfigError
 from daemon.model.bundle import Bundle
 
 from .base import Backend, EncoderOutput, Session
 
 __all__ = ["BACKENDS", "Backend", "EncoderOutput", "Session", "default_backend", "files_of", "get_backend"]
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("onnx", "coreml", "coreml-reference")
 FILES = {"coreml-reference": "coreml"}  # runtime -> the bundle's files key it reads, where they differ
@@ -22,10 +25,19 @@ def files_of(name: str) -> str:
 
 
 def default_backend(bundle: Bundle) -> str:
-    """coreml on a Mac when the bundle has Core ML files, onnx everywhere else."""
-    if platform.system() == "Darwin" and "coreml" in bundle.backends:
-        return "coreml"
-    return "onnx"
+    """coreml on a Mac that can run the bundle's Core ML files, onnx everywhere else (with a warning on a Mac
+    that cannot: a macOS older than the files' target, or no coremltools)."""
+    if platform.system() != "Darwin" or "coreml" not in bundle.backends:
+        return "onnx"
+    from .coreml import check_available
+
+    spec = bundle.manifest.get("backends", {}).get("coreml", {})
+    try:
+        check_available(spec.get("minimum_deployment_target") if isinstance(spec, dict) else None)
+    except BackendError as e:
+        log.warning("%s — using onnx", e)
+        return "onnx"
+    return "coreml"
 
 
 def get_backend(bundle: Bundle, name: str | None = None, compute_units: str = "all") -> Backend:
