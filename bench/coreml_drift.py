@@ -7,7 +7,7 @@ encoder weights, FP16 decoder) and run through the reference evaluator (coreml-r
 0.5–35 s, next to transformers generate() (greedy). Per precision: clips whose greedy tokens are identical,
 the share of generate()'s tokens decoded before the first difference, and the largest |Δ log-prob| of
 generate()'s tokens teacher-forced (exporter.check.compare); split at 20.48 s (2048 feature frames), beyond
-which FP16 cannot hold every frame count.
+which FP16 cannot hold every frame count (the exporter keeps lengths and positions in FP32; this split shows it).
 """
 
 from __future__ import annotations

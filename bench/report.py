@@ -433,7 +433,8 @@ def coreml_drift_part(doc: Doc, img: Path, rel: str) -> Lines:
     return ["## Core ML files vs transformers: token agreement and log-prob drift", "",
             "Random tiny configs exported to Core ML in each precision, run through the reference evaluator "
             "(`--backend coreml-reference`) next to transformers `generate()` (greedy); drift = largest |Δ log-prob| "
-            "of generate()'s tokens, teacher-forced. Past 20.48 s (2048 frames) FP16 cannot hold every frame count.",
+            "of generate()'s tokens, teacher-forced. Split at 20.48 s (2048 frames): past it FP16 cannot hold every "
+            "frame count, so the exporter keeps lengths and positions in FP32 (the right column checks that).",
             "", *table(["config/precision", "clips with identical tokens", "tokens before the first difference",
                         "max drift, clips ≤ 20.48 s", "max drift, clips > 20.48 s"], rows), provenance(doc), ""]
 
