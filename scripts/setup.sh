@@ -12,6 +12,8 @@ command -v pulseaudio >/dev/null || need_apt+=(pulseaudio)
 command -v pactl >/dev/null || need_apt+=(pulseaudio-utils)
 [ -e /usr/share/alsa/alsa.conf.d/50-pulseaudio.conf ] || need_apt+=(libasound2-plugins)
 command -v tmux >/dev/null || need_apt+=(tmux)
+# the captions page's browser test: Debian's Chromium, driven by Playwright (which downloads no browser of its own)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup] apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

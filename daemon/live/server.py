@@ -32,7 +32,7 @@ from websockets.protocol import Event as WsEvent
 from websockets.typing import Subprotocol
 
 from daemon.errors import ConfigError, DaemonError
-from daemon.live import access
+from daemon.live import access, page
 from daemon.live.messages import BadMessage, Command, Error, Event, Final, Hello, Status, parse_command
 
 log = logging.getLogger(__name__)
@@ -193,10 +193,12 @@ class CaptionServer:
         self.port = self._server.sockets[0].getsockname()[1] if self.port == 0 else self.port
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Refuse a foreign Host or Origin (403), a missing token (401, not for /health) and clients beyond
-        max_clients (503); answer /health; let a websocket handshake on / through."""
+        """Refuse a foreign Host or Origin (403), a missing token (401, not for /health or the page's files) and
+        clients beyond max_clients (503); answer /health and the captions page (daemon.live.page); let a
+        websocket handshake on / through."""
         path, hs = urlsplit(request.path).path, _handshake(request)
-        refusal = access.check(self.policy, self.port, hs, need_token=path != "/health")
+        page_file = page.route(path, request)  # the captions page: public files, no token (its websocket needs it)
+        refusal = access.check(self.policy, self.port, hs, need_token=path != "/health" and page_file is None)
         if refusal is not None:
             log.warning("refused a handshake (%d): %s (Host %.80r, Origin %.80r)", refusal.status,
                         refusal.reason.strip(), hs.host, hs.origin)
@@ -206,6 +208,8 @@ class CaptionServer:
             return response
         if path == "/health":
             return self._health_response(hs)
+        if page_file is not None:
+            return page.response(page_file)
         if path != "/":
             return connection.respond(404, "not found: connect a websocket to / or GET /health\n")
         if self.n_clients >= self.limits.max_clients:
