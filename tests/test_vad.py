@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 import webrtcvad
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.audio.vad import (
     SegmentClosed,
@@ -15,6 +18,7 @@ from daemon.audio.vad import (
     Segmenter,
     SegmentEvent,
     SegmentOpened,
+    SpeechDetector,
     VadOptions,
     speech_spans,
 )
@@ -233,3 +237,98 @@ def test_speech_spans_of_a_whole_recording() -> None:
     assert spans[0][1] < speech[1][0] and spans[1][1] <= len(audio)
     assert speech_spans(np.zeros(5 * SR, np.float32), OPTS) == []
     assert speech_spans(np.random.default_rng(0).normal(0, 10 ** (-50 / 20), 5 * SR).astype(np.float32), OPTS) == []
+
+
+# -- blocks: the capture thread hands frames over in blocks, with its own detector's speech flags -------------
+
+CUT_OPTS = VadOptions(max_segment_s=3.0, split_search_s=1.0)  # a short window, so the program has a cut
+
+
+@functools.cache
+def room_program() -> np.ndarray:
+    """Low room noise (-50 dBFS) with two utterances, a blip, digital silence and one utterance longer than
+    CUT_OPTS' window: every path of the segmenter, under the real webrtcvad."""
+    rng = np.random.default_rng(7)
+
+    def noise(seconds: float) -> np.ndarray:
+        return (rng.standard_normal(int(seconds * SR)) * 10 ** (-50 / 20)).astype(np.float32)
+
+    a, b = espeak("turn on the kitchen lights"), espeak("set a timer for ten minutes")
+    long = np.concatenate([espeak("the quick brown fox jumps over the lazy dog"), a])
+    x = np.concatenate([noise(1.0), a + noise(len(a) / SR), noise(1.2), tone(3, 0.3), noise(1.0),
+                        np.zeros(SR, np.float32), b, noise(1.0), long, noise(1.5)])
+    return np.pad(x, (0, -len(x) % FRAME))
+
+
+def with_audio(events: list[SegmentEvent]) -> list[tuple[SegmentEvent, bytes | None]]:
+    return [(e, e.audio.tobytes() if isinstance(e, SegmentClosed) else None) for e in events]
+
+
+@functools.cache
+def frame_by_frame() -> list[tuple[SegmentEvent, bytes | None]]:
+    seg = Segmenter(CUT_OPTS)
+    return with_audio([e for _, e in feed(seg, room_program())] + seg.flush())
+
+
+def test_the_room_program_reaches_every_path() -> None:
+    kinds = [(type(e).__name__, getattr(e, "reason", None)) for e, _ in frame_by_frame()]
+    assert ("SegmentClosed", "max_length") in kinds and ("SegmentClosed", "silence") in kinds
+    assert kinds.count(("SegmentOpened", None)) >= 3
+
+
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=30))
+@settings(max_examples=25, deadline=None)
+def test_push_block_gives_the_events_of_pushing_frame_by_frame(sizes: list[int]) -> None:
+    """Any split into blocks (idle runs of non-speech taken in one step): the same events, the same audio
+    (pre-roll included, nothing lost at a cut), the same positions on the stream clock."""
+    frames = room_program().reshape(-1, FRAME)
+    seg, got, i, k = Segmenter(CUT_OPTS), [], 0, 0
+    while i < len(frames):
+        n = sizes[k % len(sizes)]
+        got += seg.push_block(frames[i : i + n].reshape(-1))
+        i, k = i + n, k + 1
+    assert with_audio(got + seg.flush()) == frame_by_frame()
+
+
+def test_speech_flags_made_elsewhere_are_used_and_give_the_same_events() -> None:
+    """The capture thread's detector (same options, same stream) decides; the segmenter only follows."""
+    frames = room_program().reshape(-1, FRAME)
+    detector = SpeechDetector(CUT_OPTS)
+
+    def never(pcm: bytes, rate: int) -> bool:
+        raise AssertionError("the segmenter classified a frame although its flag was given")
+
+    seg, got = Segmenter(CUT_OPTS, never), []
+    flags = []
+    for block in np.array_split(frames, 41):
+        flags.append(detector(block))
+        got += seg.push_block(block.reshape(-1), flags[-1])
+    assert with_audio(got + seg.flush()) == frame_by_frame()
+    first_speech = int(np.argmax(np.concatenate(flags)))
+    opened = next(e for e, _ in frame_by_frame() if isinstance(e, SegmentOpened))
+    assert opened.start == (first_speech - CUT_OPTS.pre_roll_frames) * FRAME  # the whole 300 ms pre-roll
+
+
+def test_the_detector_gates_by_level_then_asks_the_classifier() -> None:
+    asked: list[int] = []
+
+    def says_speech(pcm: bytes, rate: int) -> bool:
+        asked.append(len(pcm))
+        return True
+
+    frames = np.stack([quiet(1), tone(1, 10 ** (-50 / 20)), tone(1, 0.1)])  # silence, -53 dBFS, -23 dBFS
+    assert SpeechDetector(OPTS, says_speech)(frames).tolist() == [False, False, True]
+    assert asked == [2 * FRAME]  # only the loud frame reached the classifier, as 16-bit PCM
+    ungated = SpeechDetector(VadOptions(min_level_dbfs=float("-inf")), says_speech)
+    assert ungated(frames).tolist() == [True, True, True]
+
+
+@pytest.mark.parametrize("n", [FRAME - 1, FRAME + 1, 2 * FRAME + 7])
+def test_a_block_of_broken_frames_is_refused(n: int) -> None:
+    with pytest.raises(ValueError, match="whole frames of 480 samples"):
+        Segmenter(OPTS, rms_is_speech).push_block(np.zeros(n, np.float32))
+
+
+def test_speech_flags_must_match_the_block() -> None:
+    with pytest.raises(ValueError, match="3 frames need as many speech flags"):
+        Segmenter(OPTS, rms_is_speech).push_block(quiet(3), np.zeros(2, np.bool_))

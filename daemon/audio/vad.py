@@ -18,6 +18,11 @@ State machine, one fixed-size frame per `Segmenter.push`:
   overlap, and across a max-length cut their audio is contiguous (no sample lost or repeated).
 
 All positions are sample indices on one stream clock: 0 is the first sample of the first frame pushed.
+
+The speech decision (SpeechDetector: an energy gate, then webrtcvad) works on blocks of frames, and a caller may
+make it elsewhere and pass the flags in: a capture thread classifies audio where it arrives, and
+`Segmenter.push_block` takes a run of non-speech frames while idle in one step (the pre-roll ring and the clock
+move, nothing else), so silence costs no per-frame Python.
 """
 
 from __future__ import annotations
@@ -142,18 +147,44 @@ class SegmentDropped:
 SegmentEvent = SegmentOpened | SegmentClosed | SegmentDropped
 
 
-class Segmenter:
-    """Cuts a stream of fixed-size frames into speech segments (see the module docstring).
+class SpeechDetector:
+    """The per-frame speech decision for a block of frames: the energy gate (one numpy reduction for the whole
+    block), then the classifier on the frames that pass it, in order.
+
+    webrtcvad keeps state from one frame to the next, so one detector serves one stream, fed in order.
 
     Args:
-        options: the segmenting options.
-        is_speech: frame classifier, called with 16-bit PCM bytes and the sample rate; by default
-            webrtcvad at options.aggressiveness. It only sees frames that pass the energy gate.
+        options: the gate level, webrtcvad's aggressiveness, the frame size and sample rate.
+        is_speech: frame classifier, called with 16-bit PCM bytes and the sample rate; by default webrtcvad at
+            options.aggressiveness. It only sees frames that pass the energy gate.
     """
 
     def __init__(self, options: VadOptions, is_speech: IsSpeech | None = None) -> None:
         self.options = options
         self._is_speech = is_speech or webrtcvad.Vad(options.aggressiveness).is_speech
+
+    def __call__(self, frames: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+        """float32 (n_frames, frame_samples) → bool (n_frames,): True for a speech frame."""
+        # webrtcvad alone flags some white-noise frames as speech; the gate keeps quiet frames from it.
+        rms = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))
+        speech = np.zeros(len(frames), np.bool_)
+        for i in np.flatnonzero(rms >= self.options.min_level_rms):
+            speech[i] = bool(self._is_speech(_to_pcm16(frames[i]), self.options.sample_rate))
+        return speech
+
+
+class Segmenter:
+    """Cuts a stream of fixed-size frames into speech segments (see the module docstring).
+
+    Args:
+        options: the segmenting options.
+        is_speech: frame classifier for the SpeechDetector of frames pushed without speech flags, called with
+            16-bit PCM bytes and the sample rate; by default webrtcvad at options.aggressiveness.
+    """
+
+    def __init__(self, options: VadOptions, is_speech: IsSpeech | None = None) -> None:
+        self.options = options
+        self.detect = SpeechDetector(options, is_speech)
         self._n_samples_seen = 0  # stream clock: samples pushed so far
         self._next_id = 0
         self._ring = np.zeros(0, np.float32)  # idle: the pre-roll, at most pre_roll_frames of audio
@@ -201,19 +232,31 @@ class Segmenter:
         Raises:
             ValueError: if the frame is not one-dimensional with exactly frame_samples samples.
         """
-        x = self._check_frame(frame)
-        speech = self._classify(x)
-        frame_start = self._n_samples_seen
-        self._n_samples_seen += x.shape[0]
-        if not self.is_open:
-            if not speech:
-                self._remember(x)
-                return []
-            self._open(frame_start)
-        self._append(x)
-        self._n_speech += speech
-        self._n_trailing = 0 if speech else self._n_trailing + 1
-        return self._advance()
+        x = self._check_frame(frame)[None, :]  # (1, frame_samples)
+        return self._push_frames(x, self.detect(x))
+
+    def push_block(self, samples: npt.NDArray[np.floating],
+                   speech: npt.NDArray[np.bool_] | None = None) -> list[SegmentEvent]:
+        """Feed consecutive frames at once; the events are those of pushing them one by one.
+
+        Args:
+            samples: float32 (n_frames * frame_samples,) mono samples in [-1, 1].
+            speech: bool (n_frames,), each frame's speech decision when the caller made it already (with a
+                SpeechDetector of the same options, fed the same stream); None: decided here.
+
+        Raises:
+            ValueError: if samples is not one-dimensional whole frames, or speech does not match it.
+        """
+        x = np.asarray(samples, dtype=np.float32)
+        fs = self.options.frame_samples
+        if x.ndim != 1 or x.shape[0] % fs:
+            raise ValueError(f"a block must hold whole frames of {fs} samples, got shape {x.shape}")
+        frames = x.reshape(-1, fs)  # (n_frames, frame_samples)
+        if speech is None:
+            speech = self.detect(frames)
+        elif speech.shape != (frames.shape[0],):
+            raise ValueError(f"{frames.shape[0]} frames need as many speech flags, got shape {speech.shape}")
+        return self._push_frames(frames, speech)
 
     def flush(self) -> list[SegmentEvent]:
         """Close the open segment now (end of stream, finalize): SegmentClosed("flush"), or SegmentDropped
@@ -242,15 +285,36 @@ class Segmenter:
                              f"({self.options.frame_ms} ms at {self.options.sample_rate} Hz), got shape {x.shape}")
         return x
 
-    def _classify(self, x: npt.NDArray[np.float32]) -> bool:
-        # webrtcvad alone flags some white-noise frames as speech; the gate keeps quiet frames from it.
-        if np.sqrt(np.mean(np.square(x, dtype=np.float64))) < self.options.min_level_rms:
-            return False
-        return bool(self._is_speech(_to_pcm16(x), self.options.sample_rate))
+    def _push_frames(self, frames: npt.NDArray[np.float32], speech: npt.NDArray[np.bool_]) -> list[SegmentEvent]:
+        """frames float32 (n, frame_samples) with their speech flags: runs of non-speech while idle in one step
+        (pre-roll and clock), every other frame through the state machine one by one."""
+        events: list[SegmentEvent] = []
+        i, n, fs = 0, len(frames), self.options.frame_samples
+        while i < n:
+            if not self.is_open:
+                hits = np.flatnonzero(speech[i:])
+                j = i + int(hits[0]) if len(hits) else n  # the next speech frame, or the end of the block
+                if j > i:
+                    self._n_samples_seen += (j - i) * fs
+                    self._remember(frames[i:j].reshape(-1))
+                    i = j
+                    continue
+                self._open(self._n_samples_seen)
+            self._n_samples_seen += fs
+            self._append(frames[i])
+            self._n_speech += bool(speech[i])
+            self._n_trailing = 0 if speech[i] else self._n_trailing + 1
+            events += self._advance()
+            i += 1
+        return events
 
     def _remember(self, x: npt.NDArray[np.float32]) -> None:
         keep = self.options.pre_roll_frames * self.options.frame_samples
-        if keep:
+        if not keep:
+            return
+        if len(x) >= keep:  # a long quiet block: its end is the whole pre-roll (a copy: the block is let go)
+            self._ring = x[-keep:].copy()
+        else:
             self._ring = np.concatenate([self._ring, x])[-keep:]
 
     def _open(self, frame_start: int) -> None:
