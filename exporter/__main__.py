@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="onnx,coreml", help="comma-separated: onnx, coreml (default: both)")
     ap.add_argument("--precision", default="hybrid", choices=["hybrid", "fp16", "fp32"],
                     help="Core ML precision: hybrid = INT8 encoder weights + FP16 decoder (default)")
+    ap.add_argument("--onnx-precision", default="fp32", choices=["fp32", "int8"],
+                    help="ONNX precision: fp32 (default), or int8 = MatMul/Gemm weights INT8 with dynamically "
+                         "quantized activations (about 4x smaller and faster per decoder step on CPUs)")
     ap.add_argument("--buckets",
                     help="encoder input frame counts, comma-separated; the largest must be the full window "
                          "(3500 frames for 35 s at hop 160; default: that one bucket)")
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         opts = ExportOptions(backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
-                             precision=args.precision,
+                             precision=args.precision, onnx_precision=args.onnx_precision,
                              buckets=_buckets(args.buckets),
                              cache_capacity=args.cache_capacity, max_new_tokens=args.max_new_tokens)
         from .export import export_bundle

@@ -49,18 +49,19 @@ def encoder_tensors(d: Dims, frames: int, int_dtype: str, state_dtype: str
              ("cross_v", kv, state_dtype)])
 
 
-def decoder_tensors(d: Dims, int_dtype: str, state_dtype: str
+def decoder_tensors(d: Dims, int_dtype: str, state_dtype: str, tokens: int = 1
                     ) -> tuple[list[tuple[str, tuple[int, ...], str]], list[tuple[str, tuple[int, ...], str]]]:
-    """(inputs, outputs) of the decoder step, as (name, shape, dtype)."""
+    """(inputs, outputs) of the decoder for `tokens` new tokens (1: the step; the prompt length: the prefill;
+    -1 in the manifest: any number), as (name, shape, dtype)."""
     cache = (d.n_layers, 1, d.n_heads, d.cache_capacity, d.head_dim)
     cross = (d.n_layers, 1, d.n_heads, d.cross_frames, d.head_dim)
-    row = (d.n_layers, 1, d.n_heads, 1, d.head_dim)
-    return ([("input_id", (1, 1), int_dtype), ("position", (1,), int_dtype),
+    rows = (d.n_layers, 1, d.n_heads, tokens, d.head_dim)
+    return ([("input_id", (1, tokens), int_dtype), ("position", (tokens,), int_dtype),
              ("self_k", cache, state_dtype), ("self_v", cache, state_dtype),
              ("self_mask", (1, 1, 1, d.cache_capacity), state_dtype),
              ("cross_k", cross, state_dtype), ("cross_v", cross, state_dtype),
              ("cross_mask", (1, 1, 1, d.cross_frames), state_dtype)],
-            [("logits", (1, d.vocab_size), "float32"), ("new_k", row, state_dtype), ("new_v", row, state_dtype)])
+            [("logits", (1, d.vocab_size), "float32"), ("new_k", rows, state_dtype), ("new_v", rows, state_dtype)])
 
 
 _TORCH = {"float32": torch.float32, "float16": torch.float32, "int32": torch.int32, "int64": torch.int64}

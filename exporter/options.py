@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .manifest import PROMPT_TEMPLATE
 
 PROMPT_LENGTH = len(PROMPT_TEMPLATE)  # decoder positions the prompt takes before the first new token
+ONNX_PRECISIONS = ("fp32", "int8")
 DEFAULT_CACHE_CAPACITY = 266  # the real model: its 10-piece prompt + 256 new tokens
 
 
@@ -20,7 +21,8 @@ class ExportOptions:
     """What to write; None means "follow the model" (see `for_model`)."""
 
     backends: tuple[str, ...] = ("onnx", "coreml")
-    precision: str = "hybrid"  # Core ML: hybrid | fp16 | fp32 (ONNX is always fp32)
+    precision: str = "hybrid"  # Core ML: hybrid | fp16 | fp32
+    onnx_precision: str = "fp32"  # ONNX: fp32 | int8 (MatMul/Gemm weights INT8, exporter/quantize.py)
     buckets: tuple[int, ...] | None = None  # encoder input frame counts; the largest is the full window
     cache_capacity: int | None = None  # None: min(266, the decoder's positions)
     max_new_tokens: int | None = None  # None: what the cache leaves after the prompt
@@ -31,6 +33,8 @@ class ExportOptions:
             raise ValueError(f"unknown backends {sorted(unknown)} (choose from onnx, coreml)")
         if self.precision not in ("hybrid", "fp16", "fp32"):
             raise ValueError(f"unknown precision {self.precision!r} (hybrid, fp16 or fp32)")
+        if self.onnx_precision not in ONNX_PRECISIONS:
+            raise ValueError(f"unknown ONNX precision {self.onnx_precision!r} (fp32 or int8)")
         if self.buckets is not None and (not self.buckets or min(self.buckets) < 16):
             raise ValueError(f"bad frame buckets {self.buckets}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -60,7 +64,8 @@ class ExportOptions:
             why = f"the decoder's {positions} positions" if cap < DEFAULT_CACHE_CAPACITY else "the default"
             note = (f"cache capacity {cap} ({why if self.cache_capacity is None else 'as given'}), "
                     f"{budget} new tokens per window (capacity − the {PROMPT_LENGTH}-token prompt)")
-        return ExportPlan(self.backends, self.precision, tuple(sorted(buckets)), cap, budget, note)
+        return ExportPlan(self.backends, self.precision, tuple(sorted(buckets)), cap, budget, note,
+                          self.onnx_precision)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class ExportPlan:
     cache_capacity: int
     max_new_tokens: int
     note: str | None  # one line saying what was chosen for the model, or None when all was given
+    onnx_precision: str = "fp32"
 
 
 def _check_fit(cache_capacity: int, max_new_tokens: int) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .contract import Dims, decoder_tensors, encoder_tensors, example_inputs
+from .options import PROMPT_LENGTH
 from .wrappers import DecoderStepExport, EncoderExport, finite_encoder_mask
 
 PRECISIONS = ("hybrid", "fp16", "fp32")
@@ -95,23 +96,34 @@ def export_encoder(model: torch.nn.Module, d: Dims, frames: int, precision: str,
     return ins, outs
 
 
-def export_decoder(model: torch.nn.Module, d: Dims, precision: str, path: Path) -> tuple[list, list]:
-    """Write the decoder step (FP16 in hybrid and fp16); return its (inputs, outputs) specs."""
-    ins, outs = decoder_tensors(d, INT, _state_dtype(precision))
-    _convert(DecoderStepExport(model, d.cache_capacity).eval(), ins, outs, precision, path)
-    return ins, outs
+DECODER_FUNCTIONS = ("decoder_step", "prefill")  # the decoder package's functions; the first is the default
 
 
-def merge_functions(packages: dict[str, Path], dest: Path) -> None:
+def export_decoder(model: torch.nn.Module, d: Dims, precision: str, path: Path,
+                   prefill_tokens: int = PROMPT_LENGTH) -> tuple[list, list]:
+    """Write the decoder package (FP16 in hybrid and fp16) with two functions of the same weights: decoder_step
+    (one token) and prefill (`prefill_tokens` tokens, the prompt, in one call; Core ML shapes are static).
+    Returns the step's (inputs, outputs) specs."""
+    staged = {}
+    for function, tokens in zip(DECODER_FUNCTIONS, (1, prefill_tokens), strict=True):
+        ins, outs = decoder_tensors(d, INT, _state_dtype(precision), tokens)
+        staged[function] = path.parent / ".staging-decoder" / function / path.name
+        _convert(DecoderStepExport(model, d.cache_capacity).eval(), ins, outs, precision, staged[function])
+    merge_functions(staged, path, default=DECODER_FUNCTIONS[0])
+    shutil.rmtree(path.parent / ".staging-decoder", ignore_errors=True)
+    return decoder_tensors(d, INT, _state_dtype(precision))
+
+
+def merge_functions(packages: dict[str, Path], dest: Path, default: str | None = None) -> None:
     """One multifunction .mlpackage from single-function ones (function name -> package); coremltools stores
-    identical weights once. The default function is the last one given (the full window)."""
+    identical weights once. The default function is `default`, else the last one given (the full window)."""
     _ct()
     from coremltools.models.utils import MultiFunctionDescriptor, save_multifunction
 
     desc = MultiFunctionDescriptor()
     for function, path in packages.items():
         desc.add_function(str(path), "main", function)
-    desc.default_function_name = list(packages)[-1]
+    desc.default_function_name = default or list(packages)[-1]
     if dest.exists():
         shutil.rmtree(dest)
     with warnings.catch_warnings():

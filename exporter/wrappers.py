@@ -2,9 +2,10 @@
 
 EncoderExport: features (1, n_mels, F) + valid length → projected encoder states and every decoder layer's
 cross-attention K/V, once per window (transformers' encoder does the masking inside).
-DecoderStepExport: one token at one position with an external self-attention cache of fixed capacity and
-fixed-length additive masks → logits and the new K/V row. It calls the decoder's own layers, norms and
-projections; only the attention arithmetic over the external caches is written out here.
+DecoderStepExport: T tokens at T positions (T = 1: one step; T = the prompt: the prefill) with an external
+self-attention cache of fixed capacity and fixed-length additive masks → the last token's logits and the T new
+K/V rows. It calls the decoder's own layers, norms and projections; only the attention arithmetic over the
+external caches is written out here.
 """
 
 from __future__ import annotations
@@ -46,14 +47,16 @@ class EncoderExport(nn.Module):
         return h, cross_k, cross_v
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q·kᵀ·scale + mask)·v for q (1, H, 1, D), k/v (1, H, S, D), additive mask (1, 1, 1, S)."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale + mask
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
+MASK_VALUE = -1e4  # the manifest's additive mask value: finite, so FP16 never sees -inf
 
 
 class DecoderStepExport(nn.Module):
-    """One cache-external decoder step over transformers' CohereAsrDecoder layers and proj_out."""
+    """T cache-external decoder steps in one call over transformers' CohereAsrDecoder layers and proj_out.
+
+    T = 1 is the step of the greedy loop; T = the prompt length is the prompt prefill. The T new tokens sit at
+    `position` (T,); each attends to the cache positions `self_mask` opens, except those being written now,
+    and causally to the new tokens themselves, so the cache is read once and never rewritten inside the graph.
+    """
 
     def __init__(self, model: nn.Module, cache_capacity: int) -> None:
         super().__init__()
@@ -68,32 +71,37 @@ class DecoderStepExport(nn.Module):
                 self_mask: torch.Tensor, cross_k: torch.Tensor, cross_v: torch.Tensor, cross_mask: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dec = self.decoder
-        h_, d_ = self.n_heads, self.head_dim
-        x = dec.embed_tokens(input_id) + dec.pos_emb(position)[:, None]  # (1, 1, d_model)
+        h_, d_, c_ = self.n_heads, self.head_dim, self.capacity
+        x = dec.embed_tokens(input_id) + dec.pos_emb(position)[None]  # (1, T, d_model)
         x = dec.embedding_layernorm(x)
-        # One-hot of the current position: the new K/V row joins the cache without dynamic indexing.
-        at_pos = (torch.arange(self.capacity)[None, None, :, None] == position).to(self_k.dtype)  # (1,1,C,1)
+        # Cache rows being written now are read from the new K/V instead (their cache content is stale).
+        writing = (torch.arange(c_)[None, :] == position[:, None]).to(self_mask.dtype).sum(0)  # (C,)
+        cache_mask = self_mask + writing * MASK_VALUE  # (1, 1, 1, C)
+        causal = (position[None, :] <= position[:, None]).to(self_mask.dtype)  # (T, T): key ≤ query
+        new_mask = (1 - causal) * MASK_VALUE
 
         def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(1, 1, h_, d_).transpose(1, 2)  # (1, H, 1, D)
+            return t.view(1, -1, h_, d_).transpose(1, 2)  # (1, H, T, D)
 
         new_k, new_v = [], []
         for i, layer in enumerate(dec.layers):
             sa, ca = layer.self_attn, layer.encoder_attn
             h = layer.input_layernorm(x)
             q, k, v = heads(sa.q_proj(h)), heads(sa.k_proj(h)), heads(sa.v_proj(h))
-            keys = self_k[i] * (1 - at_pos) + k * at_pos  # (1, H, C, D)
-            values = self_v[i] * (1 - at_pos) + v * at_pos
-            a = _attend(q, keys, values, self_mask, self.scale)
-            x = x + sa.o_proj(a.transpose(1, 2).reshape(1, 1, h_ * d_))
+            scores = torch.cat([torch.matmul(q, self_k[i].transpose(-1, -2)) * self.scale + cache_mask,
+                                torch.matmul(q, k.transpose(-1, -2)) * self.scale + new_mask], dim=-1)
+            p = torch.softmax(scores, dim=-1)  # (1, H, T, C + T)
+            a = torch.matmul(p[..., :c_], self_v[i]) + torch.matmul(p[..., c_:], v)
+            x = x + sa.o_proj(a.transpose(1, 2).reshape(1, -1, h_ * d_))
             h = layer.post_attention_layernorm(x)
-            a = _attend(heads(ca.q_proj(h)), cross_k[i], cross_v[i], cross_mask, self.scale)
-            x = x + ca.o_proj(a.transpose(1, 2).reshape(1, 1, h_ * d_))
+            q = heads(ca.q_proj(h))
+            p = torch.softmax(torch.matmul(q, cross_k[i].transpose(-1, -2)) * self.scale + cross_mask, dim=-1)
+            x = x + ca.o_proj(torch.matmul(p, cross_v[i]).transpose(1, 2).reshape(1, -1, h_ * d_))
             x = x + layer.mlp(layer.final_layernorm(x))
             new_k.append(k)
             new_v.append(v)
-        logits = self.proj_out(dec.norm(x))[:, 0]  # (1, vocab)
-        return logits, torch.stack(new_k), torch.stack(new_v)  # new rows: (L, 1, H, 1, D)
+        logits = self.proj_out(dec.norm(x[:, -1]))  # (1, vocab): the last token's prediction
+        return logits, torch.stack(new_k), torch.stack(new_v)  # new rows: (L, 1, H, T, D)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """Greedy cache-external decoding, written once against the Backend interface.
 
 The host owns the self-attention cache (n_layers, 1, n_heads, capacity, head_dim); each step feeds one token
-at one position with fixed-length additive masks and gets back logits and the new K/V row. Cross-attention
+at one position with fixed-length additive masks and gets back logits and the new K/V row. The prompt goes in
+as one prefill call (the same inputs with T tokens at T positions, T new rows back) where the bundle has one. Cross-attention
 K/V come from the encoder once per window and are padded to the decoder's fixed cross length and masked.
 """
 
@@ -41,7 +42,7 @@ class DecodeResult:
     tokens: tuple[int, ...]
     logprobs: tuple[float, ...]
     stop_reason: str  # "eos", "max_new_tokens" or "repetition" (loop guard; the repeats are dropped)
-    n_steps: int = 0  # decoder steps run (prompt tokens fed + tokens picked); 0 when nothing was decoded
+    n_steps: int = 0  # decoder calls run (a prompt prefill is one); 0 when nothing was decoded
 
 
 def build_prompt(bundle: Bundle, tokenizer: Tokenizer, language: str, punctuation: bool) -> list[int]:
@@ -70,10 +71,11 @@ def resolve_max_new_tokens(bundle: Bundle, prompt_len: int, requested: int | Non
     return n
 
 
-def cross_inputs(bundle: Bundle, enc: EncoderOutput, n_enc_valid: int, dtype: np.dtype
+def cross_inputs(bundle: Bundle, enc: EncoderOutput, n_enc_valid: int, dtype: np.dtype, length: int | None = None
                  ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.generic], npt.NDArray[np.float32]]:
-    """Cross K/V padded to the decoder's fixed cross length, and the additive mask of the valid frames."""
-    x = bundle.cross_frames
+    """Cross K/V padded to `length` (default: the decoder's fixed cross length, the full window's), and the
+    additive mask of the valid frames."""
+    x = bundle.cross_frames if length is None else length
     n_layers, _, n_heads, t, head_dim = enc.cross_k.shape
     k = np.zeros((n_layers, 1, n_heads, x, head_dim), dtype)
     v = np.zeros_like(k)
@@ -93,7 +95,8 @@ def greedy_decode(
     options: DecodeOptions,
     on_token: Callable[[int], None] | None = None,
 ) -> DecodeResult:
-    """Feed the prompt one token per step, then pick the argmax until EOS or the token budget.
+    """Feed the prompt (in one prefill call when the backend has one, else one token per step), then pick the
+    argmax until EOS or the token budget.
 
     Args:
         enc: the window's encoder output; n_enc_valid: its valid encoder frames (ceil(L/8) for L frames).
@@ -104,28 +107,36 @@ def greedy_decode(
     cache_shape = (bundle.n_layers, 1, bundle.n_heads, cap, bundle.head_dim)
     self_k = np.zeros(cache_shape, backend.cache_dtype)
     self_v = np.zeros(cache_shape, backend.cache_dtype)
-    cross_k, cross_v, cross_mask = cross_inputs(bundle, enc, n_enc_valid, backend.cache_dtype)
+    cross_length = getattr(backend, "cross_length", None)  # a dynamic cross axis takes the window's own length
+    length = None if cross_length is None else cross_length(int(enc.cross_k.shape[3]))
+    cross_k, cross_v, cross_mask = cross_inputs(bundle, enc, n_enc_valid, backend.cache_dtype, length)
     self_mask = np.full((1, 1, 1, cap), bundle.mask_value, np.float32)
     bias = bundle.eos_logit_bias if options.eos_logit_bias is None else options.eos_logit_bias
     eos = bundle.eos_id
 
+    def run(pos: int, ids: list[int]) -> npt.NDArray[np.generic]:
+        """ids at positions pos, pos+1, ... into the cache; the logits after the last of them."""
+        n = len(ids)
+        self_mask[..., pos : pos + n] = 0.0
+        feeds = {"input_id": np.array([ids]), "position": np.arange(pos, pos + n),
+                 "self_k": self_k, "self_v": self_v, "self_mask": self_mask,
+                 "cross_k": cross_k, "cross_v": cross_v, "cross_mask": cross_mask}
+        out = backend.decoder_prefill(feeds) if n > 1 else backend.decoder_step(feeds)
+        self_k[:, :, :, pos : pos + n] = out["new_k"]
+        self_v[:, :, :, pos : pos + n] = out["new_v"]
+        return out["logits"]
+
+    if len(prompt) > 1 and _prefills(backend, len(prompt)):
+        logits, n_steps = run(0, prompt), 1
+    else:  # a backend without a prefill graph (bundles exported before it): the prompt step by step
+        for pos, t in enumerate(prompt):
+            logits = run(pos, [t])
+        n_steps = len(prompt)
     tokens: list[int] = []
     logprobs: list[float] = []
-    token, stop, n_steps = prompt[0], "max_new_tokens", 0
-    for pos in range(len(prompt) + max_new_tokens - 1):
-        n_steps = pos + 1
-        self_mask[..., pos] = 0.0
-        out = backend.decoder_step({
-            "input_id": np.array([[token]]), "position": np.array([pos]),
-            "self_k": self_k, "self_v": self_v, "self_mask": self_mask,
-            "cross_k": cross_k, "cross_v": cross_v, "cross_mask": cross_mask,
-        })
-        self_k[:, :, :, pos] = out["new_k"][:, :, :, 0]
-        self_v[:, :, :, pos] = out["new_v"][:, :, :, 0]
-        if pos + 1 < len(prompt):  # still feeding the prompt: its predictions are not used
-            token = prompt[pos + 1]
-            continue
-        token, logprob = _pick(out["logits"].reshape(-1), eos, bias, options.ignore_eos)
+    stop = "max_new_tokens"
+    while True:
+        token, logprob = _pick(logits.reshape(-1), eos, bias, options.ignore_eos)
         if token == eos and not options.ignore_eos:
             stop = "eos"
             break
@@ -137,7 +148,18 @@ def greedy_decode(
             del tokens[keep:], logprobs[keep:]
             stop = "repetition"
             break
+        if len(tokens) == max_new_tokens:
+            break
+        logits = run(len(prompt) + len(tokens) - 1, [token])
+        n_steps += 1
     return DecodeResult(tuple(tokens), tuple(logprobs), stop, n_steps)
+
+
+def _prefills(backend: Backend, n_tokens: int) -> bool:
+    """Whether the backend feeds n_tokens in one call (a Backend of a bundle with a prefill graph; wrappers
+    and adapters that only step fall back to one token per step)."""
+    accepts = getattr(backend, "prefill_accepts", None)
+    return bool(accepts is not None and accepts(n_tokens))
 
 
 LOOP_MIN_REPEATS = 4  # an n-gram seen this many times in a row at the end ...
