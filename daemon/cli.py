@@ -1,4 +1,4 @@
-"""cohere-transcribe (python -m daemon) serve | transcribe | devices | export-transcript — argparse → options → run.
+"""cohere-transcribe (python -m daemon) serve | transcribe | agent | devices | export-transcript — argparse → run.
 
 Errors the user can fix are one line on stderr and exit code 2, never a traceback. The flags `transcribe` and
 `serve` share are defined once (`_model_flags`), and every default shown in the help is read from DaemonConfig,
@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(webrtcvad); without it: ≤ 35 s windows of everything")
     t.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
     _serve_parser(sub)
+    _agent_parser(sub)
     sub.add_parser("devices", help="list audio input devices")
     e = sub.add_parser("export-transcript", help="convert a JSONL transcript to srt, vtt or text")
     e.add_argument("file", metavar="FILE.jsonl")
@@ -86,12 +87,17 @@ def _model_flags(p: argparse.ArgumentParser, serve: bool) -> None:
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("serve", help="listen to a source and stream live captions to websocket clients",
                        description="Every flag is also a key of the --config TOML file (flags win).")
+    s.add_argument("--config", help="TOML file with any of these options (e.g. end_silence_ms = 800)")
+    _serve_flags(s)
+
+
+def _serve_flags(s: argparse.ArgumentParser) -> None:
+    """The options of `serve` (also those of `agent install`, which writes them into its config file)."""
 
     def a(flag: str, help: str, **kw: Any) -> None:
         dest = flag.removeprefix("--").replace("-", "_")
         s.add_argument(flag, help=_with_default(help, dest), **kw)
 
-    s.add_argument("--config", help="TOML file with any of these options (e.g. end_silence_ms = 800)")
     _model_flags(s, serve=True)
     a("--source", "mic, an audio file, or - for raw s16le mono PCM on stdin")
     a("--device", "microphone name (substring) or index; see the `devices` command")
@@ -111,6 +117,42 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     a("--partial-interval-ms", "re-decode the open segment this often", type=int)
     a("--transcripts", "folder for live JSONL transcripts (one line per final)")
     a("--log-level", "DEBUG, INFO, WARNING or ERROR")
+
+
+def _agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    g = sub.add_parser("agent", help="run `serve` in the background: a launchd LaunchAgent (macOS) or a systemd "
+                                     "user unit (Linux)",
+                       description="Install, remove or inspect the background service that runs `serve --config "
+                                   "FILE` at login and restarts it when it exits (docs/macos.md).")
+    actions = g.add_subparsers(dest="action", required=True)
+    i = actions.add_parser("install", help="write the service and start it (again, if it changed)",
+                           description="Without --config, the serve options given here are written to the default "
+                                       "config file (macOS: ~/Library/Application Support/cohere-transcribe/"
+                                       "daemon.toml; Linux: ~/.config/cohere-transcribe/daemon.toml), which is "
+                                       "kept as it is when none are given.")
+    i.add_argument("--config", help="an existing TOML config file for the service (instead of serve options)")
+    _serve_flags(i)
+    actions.add_parser("uninstall", help="stop the service and remove it (the config file stays)")
+    actions.add_parser("status", help="whether the service runs, and the daemon's /health (exit 3: not running)")
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from daemon.service import agent
+    from daemon.service.host import Host
+
+    host = Host.current()
+    manager = agent.manager_for(host)
+    if args.action == "install":
+        flags = {k: v for k, v in vars(args).items() if k not in ("command", "action", "config")}
+        lines = agent.install(host, manager, args.config, flags)
+    elif args.action == "uninstall":
+        lines = agent.uninstall(manager)
+    else:
+        code, lines = agent.status(host, manager)
+        print("\n".join(lines))
+        return code
+    print("\n".join(lines))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -159,7 +201,7 @@ def _export_transcript(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"transcribe": _transcribe, "serve": _serve, "devices": _devices,
+COMMANDS = {"transcribe": _transcribe, "serve": _serve, "agent": _agent, "devices": _devices,
             "export-transcript": _export_transcript}
 
 

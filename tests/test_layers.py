@@ -24,7 +24,7 @@ LIVE_ONLY = ("asyncio", "websockets", "sounddevice")  # what only daemon.live (a
 
 # A layer may import the layers to its left, never one to its right (daemon.errors and daemon/__init__ are
 # shared by all). daemon.__main__ only calls daemon.cli.
-LAYERS = ("daemon.audio", "daemon.model", "daemon.output", "daemon.live", "daemon.cli")
+LAYERS = ("daemon.audio", "daemon.model", "daemon.output", "daemon.live", "daemon.service", "daemon.cli")
 SHARED = ("daemon", "daemon.errors", "daemon.__main__")
 
 Graph = dict[str, set[str]]
