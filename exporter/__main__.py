@@ -1,5 +1,8 @@
 """python -m exporter --checkpoint HUB_ID_OR_DIR --out BUNDLE [--backends onnx,coreml] [--precision ...]
 
+python -m exporter --contract fluidaudio-v1|fluidaudio-v2 --checkpoint ... --out DIR: FluidInference's contract
+(exporter/fluidaudio.py).
+
 python -m exporter check BUNDLE: every backend of a bundle against ONNX on synthetic clips (exporter/check.py).
 """
 
@@ -29,9 +32,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="hub id (e.g. CohereLabs/cohere-transcribe-03-2026, needs your login) or a local "
                          "save_pretrained folder that also holds tokenizer.model")
     ap.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    ap.add_argument("--backends", default="onnx,coreml", help="comma-separated: onnx, coreml (default: both)")
-    ap.add_argument("--precision", default="hybrid", choices=["hybrid", "fp16", "fp32"],
-                    help="Core ML precision: hybrid = INT8 encoder weights + FP16 decoder (default)")
+    ap.add_argument("--contract", default="cohere", choices=["cohere", "fluidaudio-v1", "fluidaudio-v2"],
+                    help="cohere (default): a daemon bundle; fluidaudio-v1|v2: Core ML files in FluidInference's "
+                         "published contract and names (what FluidAudio and `--model DIR` load; exporter/fluidaudio.py)")
+    ap.add_argument("--backends", help="comma-separated: onnx, coreml (default: both)")
+    ap.add_argument("--precision", choices=["hybrid", "fp16", "fp32"],
+                    help="Core ML precision: hybrid = INT8 encoder weights + FP16 decoder (default; fluidaudio: "
+                         "fp16, as the published files)")
     ap.add_argument("--onnx-precision", default="fp32", choices=["fp32", "int8"],
                     help="ONNX precision: fp32 (default), or int8 = MatMul/Gemm weights INT8 with dynamically "
                          "quantized activations (about 4x smaller and faster per decoder step on CPUs)")
@@ -45,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="default token budget per window (default: what the cache leaves after the prompt)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.contract != "cohere":
+        return _fluidaudio(args, ap)
     try:
-        opts = ExportOptions(backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
-                             precision=args.precision, onnx_precision=args.onnx_precision,
+        backends = args.backends or "onnx,coreml"
+        opts = ExportOptions(backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+                             precision=args.precision or "hybrid", onnx_precision=args.onnx_precision,
                              buckets=_buckets(args.buckets),
                              cache_capacity=args.cache_capacity, max_new_tokens=args.max_new_tokens)
         from .export import export_bundle
@@ -57,6 +67,32 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = load_checkpoint(args.checkpoint)
         path = export_bundle(ckpt, args.out, opts)
     except ModuleNotFoundError as e:  # the runtime's install lacks the export toolchain
+        print(f"error: the exporter needs {e.name}: pip install 'cohere-transcribe-daemon[export]'", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def _fluidaudio(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    """--contract fluidaudio-v1|v2: the encoder, that decoder, vocab.json and tokenizer.model in --out."""
+    fixed = {"--backends": args.backends, "--buckets": args.buckets, "--cache-capacity": args.cache_capacity,
+             "--max-new-tokens": args.max_new_tokens,
+             "--onnx-precision": None if args.onnx_precision == "fp32" else args.onnx_precision}
+    given = [flag for flag, value in fixed.items() if value is not None]
+    if given:
+        ap.error(f"{', '.join(given)}: not with --contract {args.contract} (its files, shapes and 108-slot cache "
+                 "are fixed)")
+    try:
+        from .fluidaudio import DEFAULT_PRECISION, export_fluidaudio
+        from .load import load_checkpoint
+
+        print(f"[export] loading {args.checkpoint} with transformers ...", file=sys.stderr)
+        ckpt = load_checkpoint(args.checkpoint)
+        path = export_fluidaudio(ckpt, args.out, args.contract, args.precision or DEFAULT_PRECISION)
+    except ModuleNotFoundError as e:
         print(f"error: the exporter needs {e.name}: pip install 'cohere-transcribe-daemon[export]'", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, OSError) as e:

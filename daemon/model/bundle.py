@@ -2,9 +2,10 @@
 
 The manifest declares everything the runtime needs (audio parameters, buckets, tensor names/shapes/dtypes per
 backend, token ids, prompt template, generation limits, checksums); `load_bundle` validates it and fails with
-one line naming what is wrong. It hashes nothing: checksums are verified per backend by
-daemon.model.checksums.verify_files. The exporter writes the manifest (exporter/manifest.py); nothing here is
-hard-coded.
+one line naming what is wrong. A folder of FluidInference's published Core ML files has no manifest:
+`load_bundle` reads it through daemon.model.fluidaudio, which derives what the manifest would say. It hashes
+nothing: checksums are verified per backend by daemon.model.checksums.verify_files. The exporter writes the
+manifest (exporter/manifest.py); nothing here is hard-coded.
 """
 
 from __future__ import annotations
@@ -99,9 +100,15 @@ class Bundle:
 
     @property
     def shared_files(self) -> tuple[str, ...]:
-        """Bundle-relative files every backend uses: tokenizer, mel filterbank, window."""
+        """Bundle-relative files every backend uses: tokenizer, mel filterbank, window (a FluidInference folder
+        has no filterbank files: it is computed)."""
         a = self.manifest["audio"]
-        return (str(self.manifest["tokenizer"]), str(a["mel_filters"]), str(a["window"]))
+        return tuple(str(f) for f in (self.manifest["tokenizer"], a["mel_filters"], a["window"]) if f is not None)
+
+    @property
+    def contract(self) -> str:
+        """The decoder contract: ours (cohere-cache-external-v1), or FluidAudio's (fluidaudio-v1, fluidaudio-v2)."""
+        return str(self.manifest.get("decoder_contract", CONTRACT))
 
 
 def window_frames(max_window_seconds: float, sample_rate: int, hop_length: int) -> int:
@@ -122,7 +129,12 @@ def load_bundle(root: str | Path) -> Bundle:
     if not root.is_dir():
         raise BundleError(f"model bundle {root} is not a folder")
     if not mpath.is_file():
-        raise BundleError(f"model bundle {root} has no manifest.json")
+        from daemon.model.fluidaudio import is_fluid_folder, load_fluid_folder
+
+        if is_fluid_folder(root):  # FluidInference's published Core ML files: what a manifest would say
+            return load_fluid_folder(root)
+        raise BundleError(f"model bundle {root} has no manifest.json (nor FluidInference Core ML files: "
+                          "cohere_encoder.mlmodelc or .mlpackage)")
     try:
         text = mpath.read_text()
     except OSError as e:

@@ -8,6 +8,7 @@ K/V come from the encoder once per window and are padded to the decoder's fixed 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from daemon.errors import ConfigError
 from daemon.model.backends import Backend, EncoderOutput
 from daemon.model.bundle import Bundle
 from daemon.model.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ def cross_inputs(bundle: Bundle, enc: EncoderOutput, n_enc_valid: int, dtype: np
     """Cross K/V padded to `length` (default: the decoder's fixed cross length, the full window's), and the
     additive mask of the valid frames."""
     x = bundle.cross_frames if length is None else length
+    if enc.cross_k is None or enc.cross_v is None:
+        raise ValueError("this encoder output has no cross K/V (FluidAudio's contract: encoder_state_inputs)")
     n_layers, _, n_heads, t, head_dim = enc.cross_k.shape
     k = np.zeros((n_layers, 1, n_heads, x, head_dim), dtype)
     v = np.zeros_like(k)
@@ -84,6 +89,17 @@ def cross_inputs(bundle: Bundle, enc: EncoderOutput, n_enc_valid: int, dtype: np
     mask = np.full((1, 1, 1, x), bundle.mask_value, np.float32)
     mask[..., :n_enc_valid] = 0.0
     return k, v, mask
+
+
+def encoder_state_inputs(bundle: Bundle, enc: EncoderOutput, n_enc_valid: int) -> dict[str, npt.NDArray[np.generic]]:
+    """For a decoder that computes cross K/V itself (FluidAudio's contract): the encoder states padded to the
+    decoder's fixed cross length, and the additive mask of the valid frames."""
+    _, t, width = enc.hidden.shape
+    hidden = np.zeros((1, bundle.cross_frames, width), np.float32)
+    hidden[:, :t] = enc.hidden
+    mask = np.full((1, 1, 1, bundle.cross_frames), bundle.mask_value, np.float32)
+    mask[..., :n_enc_valid] = 0.0
+    return {"encoder_hidden": hidden, "cross_mask": mask}
 
 
 def greedy_decode(
@@ -107,9 +123,13 @@ def greedy_decode(
     cache_shape = (bundle.n_layers, 1, bundle.n_heads, cap, bundle.head_dim)
     self_k = np.zeros(cache_shape, backend.cache_dtype)
     self_v = np.zeros(cache_shape, backend.cache_dtype)
-    cross_length = getattr(backend, "cross_length", None)  # a dynamic cross axis takes the window's own length
-    length = None if cross_length is None else cross_length(int(enc.cross_k.shape[3]))
-    cross_k, cross_v, cross_mask = cross_inputs(bundle, enc, n_enc_valid, backend.cache_dtype, length)
+    if enc.cross_k is None:  # FluidAudio's contract: the decoder attends to the encoder states in every step
+        cross = encoder_state_inputs(bundle, enc, n_enc_valid)
+    else:
+        cross_length = getattr(backend, "cross_length", None)  # a dynamic cross axis takes the window's own length
+        length = None if cross_length is None else cross_length(int(enc.cross_k.shape[3]))
+        cross_k, cross_v, cross_mask = cross_inputs(bundle, enc, n_enc_valid, backend.cache_dtype, length)
+        cross = {"cross_k": cross_k, "cross_v": cross_v, "cross_mask": cross_mask}
     self_mask = np.full((1, 1, 1, cap), bundle.mask_value, np.float32)
     bias = bundle.eos_logit_bias if options.eos_logit_bias is None else options.eos_logit_bias
     eos = bundle.eos_id
@@ -119,8 +139,7 @@ def greedy_decode(
         n = len(ids)
         self_mask[..., pos : pos + n] = 0.0
         feeds = {"input_id": np.array([ids]), "position": np.arange(pos, pos + n),
-                 "self_k": self_k, "self_v": self_v, "self_mask": self_mask,
-                 "cross_k": cross_k, "cross_v": cross_v, "cross_mask": cross_mask}
+                 "self_k": self_k, "self_v": self_v, "self_mask": self_mask, **cross}
         out = backend.decoder_prefill(feeds) if n > 1 else backend.decoder_step(feeds)
         self_k[:, :, :, pos : pos + n] = out["new_k"]
         self_v[:, :, :, pos : pos + n] = out["new_v"]
@@ -152,6 +171,10 @@ def greedy_decode(
             break
         logits = run(len(prompt) + len(tokens) - 1, [token])
         n_steps += 1
+    if stop == "max_new_tokens" and not options.ignore_eos and max_new_tokens >= bundle.max_new_tokens:
+        log.warning("a window reached the token cap (%d new tokens after the %d-token prompt; the decoder holds "
+                    "%d positions) before the end of its transcript: the text is cut short", max_new_tokens,
+                    len(prompt), cap)
     return DecodeResult(tuple(tokens), tuple(logprobs), stop, n_steps)
 
 

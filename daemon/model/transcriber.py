@@ -24,7 +24,7 @@ from daemon.model.decode import (
 )
 from daemon.model.features import log_mel, pad_frames
 from daemon.model.segment import Segment
-from daemon.model.tokenizer import Tokenizer
+from daemon.model.tokenizer import Tokenizer, open_tokenizer
 
 
 class Transcriber:
@@ -141,5 +141,5 @@ def load_transcriber(model: str | Path | Bundle, backend: str | None = None, dit
     name = backend or default_backend(bundle)
     if files_of(name) in bundle.backends:  # otherwise get_backend names what is wrong
         verify_files(bundle, files_of(name), force=verify)
-    tokenizer = Tokenizer(bundle.tokenizer_path)
+    tokenizer = open_tokenizer(bundle.tokenizer_path)
     return Transcriber(bundle, get_backend(bundle, name, compute_units), tokenizer, dither)

@@ -11,7 +11,8 @@ from daemon.model.bundle import Bundle
 
 from .base import Backend, EncoderOutput, Session
 
-__all__ = ["BACKENDS", "Backend", "EncoderOutput", "Session", "default_backend", "files_of", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "EncoderOutput", "Session", "backend_class", "default_backend", "files_of",
+           "get_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ def files_of(name: str) -> str:
 def default_backend(bundle: Bundle) -> str:
     """coreml on a Mac that can run the bundle's Core ML files, onnx everywhere else (with a warning on a Mac
     that cannot: a macOS older than the files' target, or no coremltools)."""
+    if platform.system() != "Darwin" and bundle.contract.startswith("fluidaudio"):
+        raise BackendError(f"{bundle.root} holds Core ML files only: run it on a Mac (--backend coreml), or check it "
+                           "here with --backend coreml-reference (slow: minutes per window at the full size)")
     if platform.system() != "Darwin" or "coreml" not in bundle.backends:
         return "onnx"
     from .coreml import check_available
@@ -38,6 +42,15 @@ def default_backend(bundle: Bundle) -> str:
         log.warning("%s — using onnx", e)
         return "onnx"
     return "coreml"
+
+
+def backend_class(bundle: Bundle) -> type[Backend]:
+    """Backend for our decoder contract, the FluidAudio adapter for FluidInference's files."""
+    if bundle.contract.startswith("fluidaudio"):
+        from .fluidaudio import FluidAudioBackend
+
+        return FluidAudioBackend
+    return Backend
 
 
 def get_backend(bundle: Bundle, name: str | None = None, compute_units: str = "all") -> Backend:
@@ -56,5 +69,5 @@ def get_backend(bundle: Bundle, name: str | None = None, compute_units: str = "a
         from .coreml_reference import CoreMLReferenceSession, check_available
 
         check_available()
-        return Backend(bundle, name, CoreMLReferenceSession, files=files_of(name))
+        return backend_class(bundle)(bundle, name, CoreMLReferenceSession, files=files_of(name))
     raise ConfigError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")

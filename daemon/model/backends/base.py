@@ -31,12 +31,16 @@ class EncoderOutput:
     """The encoder's outputs for one window, trimmed to its bucket."""
 
     hidden: Array  # (1, T_bucket, d_model) after the 1280→1024 projection
-    cross_k: Array  # (n_layers, 1, n_heads, T_bucket, head_dim), per decoder layer, once per window
-    cross_v: Array
+    # (n_layers, 1, n_heads, T_bucket, head_dim), per decoder layer, once per window; None where the decoder
+    # computes them itself in every step from `hidden` (FluidAudio's contract)
+    cross_k: Array | None
+    cross_v: Array | None
 
 
 class Backend:
     """Encoder and decoder step of one bundle on one runtime."""
+
+    CACHE_INPUT = "self_k"  # the decoder input whose declared dtype is the host cache's
 
     def __init__(self, bundle: Bundle, name: str, load: Callable[[GraphSpec], Session],
                  files: str | None = None) -> None:
@@ -51,7 +55,7 @@ class Backend:
         self._load = load
         self._encoders: dict[int, Session] = {}
         self.decoder_session = load(self.spec.decoder)
-        self.cache_dtype = np.dtype(_dtype_of(self.spec.decoder, "self_k"))
+        self.cache_dtype = np.dtype(_dtype_of(self.spec.decoder, self.CACHE_INPUT))
 
     def encoder_session(self, frames: int) -> Session:
         """The encoder for a bucket, loaded on first use."""

@@ -1,5 +1,7 @@
 """Core ML sessions (macOS 15+): each .mlpackage compiled once to .mlmodelc, cached by checksum, loaded by function.
 
+A compiled model given as such (FluidInference's published .mlmodelc files) is loaded as it is, compiling nothing.
+
 The first start with a bundle compiles each of its Core ML packages (`coremltools.models.utils.compile_model`)
 into `<cache>/coreml/<sha256 of the package>/<name>.mlmodelc` (<cache>: see daemon.model.checksums.cache_file);
 later starts load the compiled model from there and compile nothing. A re-exported package has a new checksum,
@@ -179,6 +181,11 @@ class CoreMLLoader:
 
     def __call__(self, graph: GraphSpec) -> Session:
         what = graph.path.name + (f" ({graph.function})" if graph.function else "")
+        if graph.path.suffix == COMPILED_SUFFIX:  # compiled already (FluidInference ships .mlmodelc): load it
+            try:
+                return self.runtime.load(graph.path, self.compute_units, graph.function)
+            except Exception as e:  # coremltools raises plain Exception
+                raise BackendError(f"cannot load {what} with Core ML: {_one_line(e)}") from e
         cached = self.cache.has(graph.path, graph.sha256)
         try:
             return self.runtime.load(self._compiled(graph), self.compute_units, graph.function)
@@ -210,7 +217,9 @@ def coreml_backend(bundle: Bundle, compute_units: str = DEFAULT_COMPUTE_UNITS,
     if runtime is None:
         spec = bundle.manifest.get("backends", {}).get("coreml", {})
         check_available(spec.get("minimum_deployment_target") if isinstance(spec, dict) else None)
-    return Backend(bundle, "coreml", CoreMLLoader(compute_units, runtime, cache_root))
+    from . import backend_class
+
+    return backend_class(bundle)(bundle, "coreml", CoreMLLoader(compute_units, runtime, cache_root))
 
 
 def _one_line(e: BaseException) -> str:

@@ -45,6 +45,22 @@ def _coremltools() -> Any:
     return coremltools
 
 
+def package_of(path: Path) -> Path:
+    """The .mlpackage to evaluate for a model file: itself, or for a compiled .mlmodelc (which holds no MIL
+    program coremltools reads) the .mlpackage of the same name beside it.
+
+    Raises:
+        BackendError: a .mlmodelc without its .mlpackage.
+    """
+    if path.suffix != ".mlmodelc":
+        return path
+    package = path.with_suffix(".mlpackage")
+    if not package.is_dir():
+        raise BackendError(f"the coreml-reference backend evaluates .mlpackage files; {path.parent} has only the "
+                           f"compiled {path.name} (run it on a Mac with --backend coreml)")
+    return package
+
+
 def load_program(path: Path) -> Any:
     """The MIL program of an .mlpackage (every function), read with coremltools' milproto loader.
 
@@ -103,16 +119,16 @@ class CoreMLReferenceSession:
 
     def __init__(self, graph: GraphSpec) -> None:
         name = getattr(graph, "function", None) or MAIN  # GraphSpec.function names a multifunction package's
-        self.path = graph.path
+        self.path = package_of(graph.path)
         self.function_name = name
-        program = load_program(graph.path)
+        program = load_program(self.path)
         if name not in program.functions:
-            raise BackendError(f"{graph.path} has no function {name!r} (it has: "
+            raise BackendError(f"{self.path} has no function {name!r} (it has: "
                                f"{', '.join(sorted(program.functions))})")
         self._fn = program.functions[name]
         missing = missing_evaluations(self._fn)
         if missing:
-            raise BackendError(f"{graph.path} ({name}): no reference evaluation for MIL ops {', '.join(sorted(missing))}")
+            raise BackendError(f"{self.path} ({name}): no reference evaluation for MIL ops {', '.join(sorted(missing))}")
         self._ops = [op for op in self._fn.operations if evaluation_of(op) not in ("const",
                                                                                     "materialized_val_inference")]
         self._weights = self._materialize()
@@ -167,26 +183,34 @@ class CoreMLReferenceSession:
                 group = arg if isinstance(arg, (list, tuple)) else (arg,)
                 vals = [env[v.name] if v.name in env else self._weights.get(v.name, v.val) for v in group]
                 for var, val in zip(group, vals, strict=True):
-                    if var.sym_val is None:  # a computed value or a weight: show it to value_inference
+                    # a computed value or a weight: show it to value_inference (also in place of a symbolic
+                    # value, such as the shape of a flexible input)
+                    if var.sym_val is None or var.name in env:
                         sym = var.sym_type()
                         sym.val = val
+                        bound.append((var, var._sym_val))
                         var._sym_val = sym
-                        bound.append(var)
                 values[key] = vals if isinstance(arg, (list, tuple)) else vals[0]
             own = EVALUATIONS.get(op.op_type)
             result = own(op, values) if own is not None else op.value_inference()
         finally:
-            for var in bound:
-                var._sym_val = None
+            for var, before in bound:
+                var._sym_val = before
         results = result if isinstance(result, (list, tuple)) else (result,)
         if len(results) != len(op.outputs) or any(r is None for r in results):
             raise BackendError(f"{self.path}: MIL op {op.op_type} ({op.name}) gave no value")
         for var, r in zip(op.outputs, results, strict=True):
             value = np.asarray(r).astype(_np_dtype(var), copy=False)
-            if value.shape != tuple(var.shape):
+            if not _fits(value.shape, var.shape):
                 raise BackendError(f"{self.path}: MIL op {op.op_type} ({op.name}) gave shape {value.shape}, "
                                    f"the program declares {tuple(var.shape)}")
             env[var.name] = value[()] if value.ndim == 0 else value  # scalars as numpy scalars, as MIL holds them
+
+
+def _fits(shape: tuple[int, ...], declared: Any) -> bool:
+    """A value's shape against the program's declaration, whose flexible dimensions are symbols (any size)."""
+    return len(shape) == len(declared) and all(not isinstance(d, (int, np.integer)) or int(d) == s
+                                               for s, d in zip(shape, declared, strict=True))
 
 
 def _flat(args: Any) -> list[Any]:

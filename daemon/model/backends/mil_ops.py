@@ -2,8 +2,9 @@
 
 coremltools gives nearly every MIL op its numpy semantics (`value_inference`, used for constant folding);
 the reference evaluator (coreml_reference.py) uses those. The exporter's programs also use `conv` and `silu`,
-which have none, and the reductions, whose `value_inference` passes a numpy bool as `keepdims` (numpy 2
-rejects it). They are written here, following the MIL op definitions (coremltools.converters.mil.mil.ops.defs).
+which have none, the reductions, whose `value_inference` passes a numpy bool as `keepdims` (numpy 2
+rejects it), and `shape`, whose `value_inference` gives the declared shape (symbolic where an input is
+flexible). They are written here, following the MIL op definitions (coremltools.converters.mil.mil.ops.defs).
 
 Each evaluation takes the op (for its constant attributes: `op.strides.val`, ...) and the values of its
 inputs by name, and returns the output. Like coremltools' own, they compute in the input's dtype where numpy
@@ -113,4 +114,11 @@ def reduce(op: Any, v: dict[str, Any]) -> Array:
     return np.asarray(_REDUCTIONS[op.op_type](v["x"], axis=axes, keepdims=keep))
 
 
-EVALUATIONS: dict[str, Evaluation] = {"conv": conv, "silu": silu, **{name: reduce for name in _REDUCTIONS}}
+def shape(op: Any, v: dict[str, Any]) -> Array:
+    """MIL `shape`: the shape of the value at hand (coremltools' returns the declared one, symbolic for a
+    flexible input such as FluidAudio v1's attention_mask)."""
+    return np.array(np.shape(v["x"]), np.int32)
+
+
+EVALUATIONS: dict[str, Evaluation] = {"conv": conv, "silu": silu, "shape": shape,
+                                      **{name: reduce for name in _REDUCTIONS}}
