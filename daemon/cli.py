@@ -1,4 +1,4 @@
-"""cohere-transcribe (python -m daemon) serve | transcribe | agent | devices | export-transcript — argparse → run.
+"""cohere-transcribe (python -m daemon) serve | transcribe | agent | fetch | devices | export-transcript — argparse → run.
 
 Errors the user can fix are one line on stderr and exit code 2, never a traceback. The flags `transcribe` and
 `serve` share are defined once (`_model_flags`), and every default shown in the help is read from DaemonConfig,
@@ -8,6 +8,7 @@ whose VAD defaults are VadOptions'.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--eos-bias", type=float, default=None, help="added to the end-of-text logit (default 0)")
     t.add_argument("--vad", action="store_true",
                    help="transcribe only speech, one segment per utterance, cut at pauses as `serve` does "
-                        "(webrtcvad); without it: ≤ 35 s windows of everything")
+                        "(webrtcvad); without it: ≤ 35 s windows of everything (shorter where the model's "
+                        "token budget is small)")
     t.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
     _serve_parser(sub)
     _agent_parser(sub)
+    _fetch_parser(sub)
     sub.add_parser("devices", help="list audio input devices")
     e = sub.add_parser("export-transcript", help="convert a JSONL transcript to srt, vtt or text")
     e.add_argument("file", metavar="FILE.jsonl")
@@ -155,6 +158,34 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from daemon.model.fetch import MODELS, default_dir
+
+    f = sub.add_parser("fetch", help="download a published Core ML model (licence shown first), verify it, and "
+                                     "print the --model to use",
+                       description="Downloads with huggingface_hub (HF_ENDPOINT, HF_TOKEN apply); a rerun resumes. "
+                                   "Models: " + "; ".join(f"{k}: {v.repo_id}" for k, v in MODELS.items()))
+    f.add_argument("name", choices=list(MODELS), help="which model")
+    f.add_argument("--dir", type=Path, help=f"folder for the files (default: {default_dir('NAME')})")
+    f.add_argument("--accept-license", action="store_true",
+                   help="accept the licence shown without the prompt (needed without a terminal)")
+    f.add_argument("--revision", help="branch, tag or commit of the repository (default: main)")
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from daemon.model.fetch import fetch, usage_lines
+
+    try:
+        folder = fetch(args.name, args.dir, args.accept_license, args.revision)
+    except KeyboardInterrupt:  # at once: files still downloading in huggingface_hub's threads are dropped
+        print("\ninterrupted: files finished so far are kept; run the same command again to resume", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    print("\n".join(usage_lines(args.name, folder)))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from daemon.live.app import run_daemon
     from daemon.live.config import build_config
@@ -201,7 +232,7 @@ def _export_transcript(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"transcribe": _transcribe, "serve": _serve, "agent": _agent, "devices": _devices,
+COMMANDS = {"transcribe": _transcribe, "serve": _serve, "agent": _agent, "fetch": _fetch, "devices": _devices,
             "export-transcript": _export_transcript}
 
 

@@ -5,6 +5,7 @@
      ├── BackendError           a backend cannot run here (Core ML off macOS, missing runtime package)
      ├── AudioError             an audio input cannot be read, is empty, or has the wrong format
      ├── ConfigError            an option has a bad value (unknown language, too many tokens, ...)
+     ├── DownloadError          a model cannot be fetched or verified (network, Hub, disk, licence not accepted)
      └── CaptureError           an audio device is missing, unusable, or cannot be opened
 """
 
@@ -29,6 +30,10 @@ class AudioError(DaemonError):
 
 class ConfigError(DaemonError):
     """An option has a value the daemon cannot use."""
+
+
+class DownloadError(DaemonError):
+    """A model cannot be downloaded or verified (network, Hub, disk), or its licence was not accepted."""
 
 
 class CaptureError(DaemonError):
