@@ -177,7 +177,7 @@ function onHello(m) {
   hidePartial();
   for (const f of finals) showFinal(f);
   applySettings(m.settings);
-  el.model.textContent = [m.model, m.backend].filter((x) => typeof x === "string").join(" · ");
+  el.model.textContent = [m.model, m.backend].filter((x) => typeof x === "string" && x !== "auto").join(" · ");
   setConn("live", "Live");
   enableControls(true);
   startPing();
