@@ -135,6 +135,7 @@ def _agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                                        "kept as it is when none are given.")
     i.add_argument("--config", help="an existing TOML config file for the service (instead of serve options)")
     _serve_flags(i)
+    actions.add_parser("restart", help="restart the service, e.g. after an edit of its config file")
     actions.add_parser("uninstall", help="stop the service and remove it (the config file stays)")
     actions.add_parser("status", help="whether the service runs, and the daemon's /health (exit 3: not running)")
 
@@ -150,6 +151,8 @@ def _agent(args: argparse.Namespace) -> int:
         lines = agent.install(host, manager, args.config, flags)
     elif args.action == "uninstall":
         lines = agent.uninstall(manager)
+    elif args.action == "restart":
+        lines = agent.restart(manager)
     else:
         code, lines = agent.status(host, manager)
         print("\n".join(lines))

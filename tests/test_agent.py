@@ -68,6 +68,8 @@ class FakeLaunchctl:
             return Completed(0)
         if verb == "enable":
             return Completed(0)
+        if verb == "kickstart":
+            return Completed(0) if self.loaded else Completed(113, "", "Could not find service\n")
         raise AssertionError(f"unexpected launchctl call {argv}")
 
 
@@ -197,13 +199,37 @@ def test_a_changed_plist_is_booted_out_and_bootstrapped_again(tmp_path: Path) ->
     launchd = Launchd(host, launchctl)
     agent.install(host, launchd, None, {"language": "en"})
     launchctl.calls.clear()
-    agent.install(host, launchd, None, {"language": "fr"})  # new config file; the plist is the same
-    assert launchctl.calls == [["launchctl", "print", target]]
+    agent.install(host, launchd, None, {"language": "fr"})  # new config file, the same plist: a restart
+    assert launchctl.calls == [["launchctl", "print", target], ["launchctl", "print", target],
+                               ["launchctl", "kickstart", "-k", target]]
+    launchctl.calls.clear()
     agent.install(Host("Darwin", host.home, {"PATH": "/usr/bin:/bin"}, 501, PY), launchd, None, {})  # new PATH
-    assert launchctl.calls[1:] == [["launchctl", "print", target], ["launchctl", "bootout", target],
+    assert launchctl.calls == [["launchctl", "print", target], ["launchctl", "bootout", target],
                                    ["launchctl", "enable", target], ["launchctl", "bootstrap", "gui/501",
                                                                      str(launchd.path)]]
     assert launchctl.loaded
+
+
+def test_restart_after_an_edit_of_the_config_file(tmp_path: Path) -> None:
+    host = mac(tmp_path)
+    target = f"gui/501/{LABEL}"
+    launchctl = FakeLaunchctl(target)
+    launchd = Launchd(host, launchctl)
+    with pytest.raises(ConfigError, match=f"^{LABEL} is not loaded; run `cohere-transcribe agent install` first$"):
+        agent.restart(launchd)
+    agent.install(host, launchd, None, {})
+    launchctl.calls.clear()
+    assert agent.restart(launchd) == [f"restarted {LABEL}"]
+    assert launchctl.calls == [["launchctl", "print", target], ["launchctl", "kickstart", "-k", target]]
+
+    systemctl = FakeSystemctl()
+    systemd = Systemd(linux(tmp_path), systemctl)
+    with pytest.raises(ConfigError, match=f"^{UNIT} is not installed"):
+        agent.restart(systemd)
+    agent.install(linux(tmp_path), systemd, None, {})
+    systemctl.calls.clear()
+    agent.restart(systemd)
+    assert systemctl.calls == [["systemctl", "--user", "restart", UNIT]]
 
 
 def test_a_plist_written_but_not_loaded_is_loaded(tmp_path: Path) -> None:
@@ -365,6 +391,9 @@ def test_systemd_install_and_uninstall_are_idempotent(tmp_path: Path) -> None:
     agent.install(host, systemd, None, {})  # unchanged: no reload, no restart
     assert systemctl.calls == [[*u, "is-active", UNIT], [*u, "enable", "--now", UNIT]]
     systemctl.calls.clear()
+    agent.install(host, systemd, None, {"language": "es"})  # a new config file, the same unit: a restart
+    assert systemctl.calls == [[*u, "is-active", UNIT], [*u, "enable", "--now", UNIT], [*u, "restart", UNIT]]
+    systemctl.calls.clear()
     agent.install(Host("Linux", host.home, {"PATH": "/usr/bin"}, 1000, PY), systemd, None, {})  # changed unit
     assert systemctl.calls == [[*u, "daemon-reload"], [*u, "is-active", UNIT], [*u, "enable", "--now", UNIT],
                                [*u, "restart", UNIT]]
@@ -410,7 +439,10 @@ class Stated:
     def logs(self, spec: object) -> str:
         return "the log"
 
-    def install(self, spec: object) -> list[str]:
+    def install(self, spec: object, restart: bool = False) -> list[str]:
+        raise AssertionError
+
+    def restart(self) -> list[str]:
         raise AssertionError
 
     def uninstall(self) -> list[str]:

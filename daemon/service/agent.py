@@ -1,10 +1,10 @@
-"""`cohere-transcribe agent install|uninstall|status`: the daemon as a background service of this user —
+"""`cohere-transcribe agent install|uninstall|restart|status`: the daemon as a background service of this user —
 a launchd LaunchAgent on macOS, a systemd user unit on Linux — and its `/health`.
 
 install: the config file is the one given (`--config FILE`, checked), else the default one
 (`Host.config_dir()/daemon.toml`), written from the `serve` flags given to install (or kept as it is when
 install gets none). Then the service file is written and loaded. uninstall stops and removes it (the config
-file stays). status says whether it is installed and running and asks the daemon for `GET /health` on the host
+file stays). restart restarts it after an edit of its config file. status says whether it is installed and running and asks the daemon for `GET /health` on the host
 and port of its config file. Each returns the lines to print; mistakes raise DaemonError (one line, exit 2).
 """
 
@@ -38,7 +38,8 @@ class Manager(Protocol):
 
     def describe(self) -> str: ...
     def logs(self, spec: ServiceSpec | None) -> str: ...
-    def install(self, spec: ServiceSpec) -> list[str]: ...
+    def install(self, spec: ServiceSpec, restart: bool = False) -> list[str]: ...
+    def restart(self) -> list[str]: ...
     def uninstall(self) -> list[str]: ...
     def state(self) -> ServiceState: ...
 
@@ -62,6 +63,7 @@ def install(host: Host, manager: Manager, config: str | None, flags: Mapping[str
     """
     given = {k: v for k, v in flags.items() if v is not None}
     lines: list[str] = []
+    changed = False
     if config is not None:
         if given:
             raise ConfigError(f"agent install: give --config FILE or serve options ({', '.join(map(_flag, given))}),"
@@ -80,10 +82,15 @@ def install(host: Host, manager: Manager, config: str | None, flags: Mapping[str
             configfile.check_file(path)
             lines.append(f"config: {path} (kept; give serve options to install to rewrite it)")
     spec = service_spec(host, path)
-    lines += manager.install(spec)
+    lines += manager.install(spec, restart=changed)
     lines.append(f"logs: {manager.logs(spec)}")
     lines.append("status: cohere-transcribe agent status")
     return lines
+
+
+def restart(manager: Manager) -> list[str]:
+    """Restart the installed service, so that it reads its (edited) config file again."""
+    return manager.restart()
 
 
 def uninstall(manager: Manager) -> list[str]:

@@ -19,7 +19,7 @@ from daemon.live.config import FIELDS, DaemonConfig, check_type, field_default, 
 PATH_KEYS = ("model", "transcripts")  # values that name files or folders (source too, unless mic or -)
 HEADER = ("# cohere-transcribe serve --config {path}\n"
           "# Written by `cohere-transcribe agent install`. Every key is also a flag of `serve` (see\n"
-          "# `cohere-transcribe serve --help`); edit it, then `cohere-transcribe agent install` again to restart.\n")
+          "# `cohere-transcribe serve --help`); after an edit, `cohere-transcribe agent restart`.\n")
 
 
 def toml_value(value: Any) -> str:

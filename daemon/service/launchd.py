@@ -4,7 +4,8 @@ gui/UID/LABEL`, its state read from `launchctl print gui/UID/LABEL`.
 
 RunAtLoad starts it at load and at every login; KeepAlive restarts it whenever it exits (launchd waits 10 s
 between starts). Installing again with the same plist changes nothing; with a changed plist the loaded job is
-booted out and bootstrapped again, which restarts the daemon with its new settings.
+booted out and bootstrapped again, which restarts the daemon with its new settings; a changed config file alone
+restarts it with `launchctl kickstart -k`.
 """
 
 from __future__ import annotations
@@ -55,13 +56,16 @@ class Launchd:
     def logs(self, spec: ServiceSpec | None) -> str:
         return str(spec.log_file) if spec and spec.log_file else "StandardErrorPath in the plist"
 
-    def install(self, spec: ServiceSpec) -> list[str]:
-        """Write the plist and load it (again, if it changed); nothing to do when it is loaded and unchanged."""
+    def install(self, spec: ServiceSpec, restart: bool = False) -> list[str]:
+        """Write the plist and load it (again, if it changed); when it is loaded and unchanged, restart it if
+        `restart` (its config file changed), else nothing to do."""
         if spec.log_file is not None:
             _mkdir(spec.log_file.parent)  # launchd opens the log file but makes no folder
         changed = write_file(self.path, plistlib.dumps(plist(spec)))
         loaded = self._print().returncode == 0
         if loaded and not changed:
+            if restart:
+                return [f"{self.path}: unchanged", *self.restart()]
             return [f"{self.path}: unchanged and loaded; nothing to do"]
         lines = [f"wrote {self.path}" if changed else f"{self.path}: unchanged, not loaded"]
         if loaded:
@@ -71,6 +75,13 @@ class Launchd:
         self._must(LAUNCHCTL, "bootstrap", self.domain, str(self.path))
         lines.append(f"loaded into {self.domain}: it runs now and at every login")
         return lines
+
+    def restart(self) -> list[str]:
+        """Stop the running daemon and start it again (it reads its config file anew)."""
+        if self._print().returncode != 0:
+            raise ConfigError(f"{LABEL} is not loaded; run `cohere-transcribe agent install` first")
+        self._must(LAUNCHCTL, "kickstart", "-k", self.target)
+        return [f"restarted {LABEL}"]
 
     def uninstall(self) -> list[str]:
         """Unload the job if loaded and remove the plist if present; nothing to do when neither is there."""

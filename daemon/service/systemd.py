@@ -5,7 +5,7 @@ with `systemctl --user is-active` and `show -p MainPID`.
 It starts with the user's session (WantedBy=default.target; after logout too with `loginctl enable-linger`),
 Restart=always restarts it 5 s after any exit, and its log goes to the journal
 (`journalctl --user -u cohere-transcribe`). Installing again with the same unit changes nothing; a changed
-unit is reloaded and, if it was running, restarted.
+unit (or config file) is reloaded and, if it was running, restarted.
 """
 
 from __future__ import annotations
@@ -70,20 +70,28 @@ class Systemd:
     def logs(self, spec: ServiceSpec | None) -> str:
         return f"journalctl --user -u {UNIT.removesuffix('.service')}"
 
-    def install(self, spec: ServiceSpec) -> list[str]:
-        """Write the unit, reload systemd if it changed, enable and start it; restart it if it changed while
-        running. Nothing changes when it is in place, enabled and active."""
+    def install(self, spec: ServiceSpec, restart: bool = False) -> list[str]:
+        """Write the unit, reload systemd if it changed, enable and start it; restart it if it (or, with
+        `restart`, its config file) changed while running. Nothing changes when it is in place, enabled and
+        active."""
         changed = write_file(self.path, unit(spec))
         lines = [f"wrote {self.path}" if changed else f"{self.path}: unchanged"]
         if changed:
             self._must("daemon-reload")
         was_active = self._systemctl("is-active", UNIT).stdout.strip() == "active"
         self._must("enable", "--now", UNIT)
-        if changed and was_active:
+        if (changed or restart) and was_active:
             self._must("restart", UNIT)
             lines.append(f"restarted {UNIT} with the new settings")
         lines.append(f"{UNIT} is enabled and started: it runs now and with every session of this user")
         return lines
+
+    def restart(self) -> list[str]:
+        """Stop the running daemon and start it again (it reads its config file anew)."""
+        if not self.path.exists():
+            raise ConfigError(f"{UNIT} is not installed; run `cohere-transcribe agent install` first")
+        self._must("restart", UNIT)
+        return [f"restarted {UNIT}"]
 
     def uninstall(self) -> list[str]:
         """Stop and disable the unit, remove its file and reload; nothing to do when there is no file."""
