@@ -254,19 +254,32 @@ def rss_figure(soak: Doc, path: Path) -> None:
 
 
 def idle_table(doc: Doc) -> Lines:
-    idle = doc["idle"]
-    out = ["### CPU while listening to silence", "",
-           f"Source: {idle.get('source')}; {idle.get('clients')} client connected; measured over "
+    runs = [doc["idle"], *([doc["idle_noise"]] if "idle_noise" in doc else [])]  # silence, then low room noise
+    idle = runs[0]
+    heard = idle.get("source", "")
+    if len(runs) > 1:
+        heard += (f"; then, in a daemon of its own, Gaussian noise at {num(runs[1].get('noise_dbfs'))} dBFS RMS "
+                  "(low room noise, under the daemon's -45 dBFS energy gate)")
+    out = ["### CPU while listening to silence" + (" and to room noise" if len(runs) > 1 else ""), "",
+           f"Source: {heard}; {idle.get('clients')} client connected; each measured over "
            f"{num(idle.get('wall_seconds'))} s after the model had loaded. Load average of the machine at the start: "
            f"{', '.join(num(x) for x in doc.get('load_average', []))}.", ""]
-    out += table(["measure", "value", "goal"], [
-        ["CPU share of one core (%)", idle.get("cpu_percent_of_core"), f"≤ {num(idle.get('goal_percent'))}"],
-        ["meets the goal", idle.get("meets_goal"), ""],
-        ["CPU seconds (utime + stime, all threads)", idle.get("cpu_seconds"), ""],
-        ["RSS (MB)", idle.get("rss_mb"), ""],
-        ["threads", idle.get("threads"), ""],
-        *[[f"CPU share (%) of thread {name}", share, ""]
-          for name, share in idle.get("cpu_percent_by_thread", {}).items() if share > 0],
+    names = ["digital silence", *(f"noise {num(r.get('noise_dbfs'))} dBFS" for r in runs[1:])]
+
+    def others(r: Doc) -> list[float]:  # thread ids differ from run to run: the other threads by CPU share
+        return sorted((v for k, v in r.get("cpu_percent_by_thread", {}).items() if k != "main"), reverse=True)
+
+    out += table(["measure", *names, "goal"], [
+        ["CPU share of one core (%)", *(r.get("cpu_percent_of_core") for r in runs),
+         f"≤ {num(idle.get('goal_percent'))}"],
+        ["meets the goal", *(r.get("meets_goal") for r in runs), ""],
+        ["CPU seconds (utime + stime, all threads)", *(r.get("cpu_seconds") for r in runs), ""],
+        ["RSS (MB)", *(r.get("rss_mb") for r in runs), ""],
+        ["threads", *(r.get("threads") for r in runs), ""],
+        ["CPU share (%) of the main thread (event loop)",
+         *(r.get("cpu_percent_by_thread", {}).get("main") for r in runs), ""],
+        ["CPU share (%) of the busiest other thread", *(next(iter(others(r)), None) for r in runs), ""],
+        ["CPU share (%) of all other threads", *(round(sum(others(r)), 3) for r in runs), ""],
     ])
     return [*out, provenance(doc), ""]
 

@@ -77,9 +77,11 @@ def test_stable_prefix_only_grows_and_the_text_never_repeats() -> None:
         assert [w.lower() for w in text] == WORDS[: len(text)]  # no word shown twice
 
 
-def test_partials_coalesce_and_finals_are_never_dropped() -> None:
-    """A model slower than the partial ticks: at most one partial waits, most requests are replaced, and
-    every request is accounted for (decoded, replaced by a newer one, or dropped when its segment closed)."""
+def test_partials_never_queue_behind_a_slow_model_and_finals_are_never_dropped() -> None:
+    """A model slower than the partial ticks (and than the audio): a partial is asked for only while the worker
+    is idle and no final waits, so at most one is pending and none is replaced; every request is accounted for
+    (decoded or dropped when its segment closed); every final is decoded once, in order (test_falling_behind.py
+    has the cadence and the warning)."""
     model = ScriptedModel(delay=0.15)
     audio = np.concatenate([np.concatenate([speech(1.2), silence(0.75)]) for _ in range(6)])
 
@@ -105,11 +107,10 @@ def test_partials_coalesce_and_finals_are_never_dropped() -> None:
     assert [f.segment for f in finals] == list(range(6))
     q = engine.jobs
     n_finals_decoded, n_partials_decoded = len(finals), len(model.calls) - len(finals)
-    assert most_pending == 1 and model.max_in_flight == 1
+    assert most_pending <= 1 and model.max_in_flight == 1
     assert q.partials_requested == n_partials_decoded + q.partials_replaced + q.partials_dropped
-    assert n_finals_decoded == 6
-    assert q.partials_replaced >= q.partials_requested // 2  # the model is ~4× too slow: most are replaced
-    assert n_partials_decoded < q.partials_requested / 2
+    assert n_finals_decoded == 6 and len(model.calls) == n_finals_decoded + n_partials_decoded
+    assert q.partials_replaced == 0 and q.partials_requested >= 1
 
 
 def test_configure_validates_and_announces() -> None:

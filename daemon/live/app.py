@@ -71,7 +71,9 @@ class Daemon:
         self.started = time.monotonic()
         self.bundle = load_bundle(config.model)  # parse and presence checks: fast; checksums come later
         check_startup(config, self.bundle)
-        self.source = open_source(config.source, config.device, config.rate, config.fast)
+        # live sources decide speech in their capture thread, with the same options as the segmenter
+        self.source = open_source(config.source, config.device, config.rate, config.fast,
+                                  vad=config.vad_options(self.bundle))
         self.source.on_status = lambda level, code, message: self.emit(Status(level, code, message))
         policy = AccessPolicy(config.host, config.token, parse_origins(config.allowed_origins))
         self.server = CaptionServer(config.host, config.port, self._hello, self._command, self._health, policy)
@@ -101,7 +103,7 @@ class Daemon:
         return Hello(PROTOCOL, self.model_name, self.backend_name, self._settings(), finals)
 
     def warnings(self) -> list[str]:
-        engine = self.engine.warnings if self.engine is not None else []
+        engine = [*self.engine.warnings, *self.engine.problems.values()] if self.engine is not None else []
         return self.server.warnings + engine + list(self.source.problems.values())
 
     def _health(self) -> dict[str, Any]:
@@ -110,7 +112,10 @@ class Daemon:
         return {"status": status, "warnings": warnings, "model": self.model_name, "backend": self.backend_name,
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "queue_depth": e.queue_depth if e is not None else 0,
-                "audio_lag_s": round(self.source.lag_seconds, 3), "clients": self.server.n_clients,
+                "audio_lag_s": round(self.source.lag_seconds, 3),
+                "decode_lag_s": round(e.lag_seconds, 3) if e is not None else 0.0,
+                "last_decode_ms": round(1000 * e.last_decode_s, 1) if e is not None else None,
+                "clients": self.server.n_clients,
                 "source_stalled_s": round(self.source.stalled_seconds, 3),
                 "source": self.source.name, "settings": self._settings().__dict__,
                 "final_latency_ms": _summary(e.final_latencies) if e is not None else None}
@@ -191,11 +196,11 @@ class Daemon:
         paced_by_model = getattr(self.source, "fast", False)
         assert self._feed_scope is not None
         with self._feed_scope:
-            async for frame in self.source.frames():
+            async for block in self.source.blocks():
                 if self._stop.is_set():  # shutting down: the open segment was finalized, no audio after it
                     return
-                engine.push(frame)
-                if watch is not None and (warning := watch.check(frame)) is not None:
+                engine.push_block(block.samples, block.speech)
+                if watch is not None and (warning := watch.check(block.samples)) is not None:
                     log.warning(warning)
                     self.emit(Status("warning", "silent_microphone", warning))
                 if paced_by_model:  # --fast: as fast as the model keeps up, not faster (else every segment's

@@ -1,8 +1,10 @@
 """Audio sources at the edge: microphone (sounddevice), file (real-time paced or fast), stdin (raw s16le PCM).
 
-Each source yields float32 frames of FRAME_SAMPLES at 16 kHz into an asyncio queue. Producer threads (the
-PortAudio callback, the stdin reader) hand chunks to the event loop with call_soon_threadsafe, which never
-blocks them; the queue is unbounded so audio that arrives while the model loads is kept, not lost.
+Each source puts Blocks (daemon.live.blocks: float32 frames of FRAME_SAMPLES at 16 kHz, in stream order) into an
+asyncio queue. Producer threads (the PortAudio callback, the stdin reader) decide speech where the audio arrives
+(given the VAD options) and hand blocks to the event loop with call_soon_threadsafe, which never blocks them:
+at once for speech, about twice a second for silence and noise, so a quiet room does not wake the loop for every
+30 ms frame. The queue is unbounded so audio that arrives while the model loads is kept, not lost.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import soxr
 
 from daemon.audio import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
 from daemon.audio.files import iter_audio, nonfinite, open_audio
+from daemon.audio.vad import SpeechDetector, VadOptions
 from daemon.errors import AudioError, CaptureError
+from daemon.live.blocks import Block, Gatherer
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ END = None  # queue marker: the source has no more audio
 SILENT_MIC_S = 5.0  # this much exact digital silence from a microphone means macOS withheld permission
 FAST_AHEAD_FRAMES = 100  # --fast file source: frames decoded ahead of the consumer (3 s)
 READ_POLL_S = 0.25  # the stdin reader looks for close() this often
+READ_BYTES = 65536  # the stdin reader takes up to this much at once
+QUIET_READ_S = 0.2  # while nobody speaks the stdin reader waits this long between reads (at most half a pipe)
 STALL_GRACE_S = 1.0  # a live source silent for longer than this counts as stalled (lag in /health)
 LOST_AFTER_S = 0.5  # a microphone stream that delivered and then has no callback this long has lost its device
 START_GRACE_S = 3.0  # a stream just opened may be this slow to deliver (ALSA→PulseAudio: 0.03–1.3 s measured)
@@ -58,8 +64,19 @@ class Reframer:
         return frames
 
 
+def gatherer(vad: VadOptions | None) -> Gatherer:
+    """The producer thread's Gatherer: deciding speech with `vad` (None: undecided, every chunk at once)."""
+    if vad is None:
+        return Gatherer(None, 0)
+    if (vad.sample_rate, vad.frame_samples) != (SAMPLE_RATE, FRAME_SAMPLES):
+        raise ValueError(f"a live source decides {FRAME_MS} ms frames at {SAMPLE_RATE} Hz, not "
+                         f"{vad.frame_ms} ms at {vad.sample_rate} Hz")
+    return Gatherer(SpeechDetector(vad), vad.end_silence_frames)
+
+
 class Source:
-    """Base: an asyncio queue of frames, filled by `start()`, drained by `frames()`.
+    """Base: an asyncio queue of Blocks, filled by `start()`, drained by `blocks()` (or frame by frame by
+    `frames()`).
 
     A source reports trouble it survives (a stalled stdin, a lost device, damaged samples) through `warn` and
     `recover`: the daemon sets `on_status` to turn them into `status` events, and `problems` lists what is wrong
@@ -69,7 +86,8 @@ class Source:
     name = "source"
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[npt.NDArray[np.float32] | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[Block | None] = asyncio.Queue()
+        self._queued_frames = 0  # frames in `queue` (counted in the event loop's thread only)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.on_status: Callable[[str, str, str], None] | None = None  # (level, code, message)
         self.problems: dict[str, str] = {}  # code → message, while it lasts
@@ -94,17 +112,31 @@ class Source:
         if self.on_status is not None:
             self.on_status("info", code, message)
 
-    def _put_threadsafe(self, frames: list[npt.NDArray[np.float32]] | None) -> None:
+    def _hand_over(self, block: Block | None) -> None:
+        """From a producer thread: queue a block (None: nothing to hand over yet) without blocking."""
+        if block is not None:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._enqueue, block)
+
+    def _end_threadsafe(self) -> None:
         assert self._loop is not None
-        if frames is None:
-            self._loop.call_soon_threadsafe(self.queue.put_nowait, END)
-        else:
-            for f in frames:
-                self._loop.call_soon_threadsafe(self.queue.put_nowait, f)
+        self._loop.call_soon_threadsafe(self.queue.put_nowait, END)
+
+    def _enqueue(self, block: Block) -> None:  # in the event loop
+        self._queued_frames += block.n_frames
+        self.queue.put_nowait(block)
+
+    async def blocks(self) -> AsyncIterator[Block]:
+        """The source's audio, block by block, until it ends."""
+        while (block := await self.queue.get()) is not END:
+            self._queued_frames -= block.n_frames
+            yield block
 
     async def frames(self) -> AsyncIterator[npt.NDArray[np.float32]]:
-        while (frame := await self.queue.get()) is not END:
-            yield frame
+        """The source's audio, FRAME_SAMPLES at a time, until it ends."""
+        async for block in self.blocks():
+            for frame in block.frames():
+                yield frame
 
     @property
     def stalled_seconds(self) -> float:
@@ -114,7 +146,7 @@ class Source:
     @property
     def lag_seconds(self) -> float:
         """Audio waiting to be processed, plus the time a live source has been stalled."""
-        return self.queue.qsize() * FRAME_MS / 1000 + self.stalled_seconds
+        return self._queued_frames * FRAME_MS / 1000 + self.stalled_seconds
 
     def close(self) -> None:
         pass
@@ -147,7 +179,8 @@ class FileSource(Source):
                 for f in reframer.push(self._clean(block)):
                     if not self.fast:
                         await asyncio.sleep(max(0.0, t0 + i * FRAME_MS / 1000 - time.monotonic()))
-                    await self.queue.put(f)
+                    self._queued_frames += 1
+                    await self.queue.put(Block(f))  # one frame, undecided: the segmenter decides
                     i += 1
         except AudioError as e:  # damaged part way: what came before is served, the rest is lost
             self.warn("source_damaged", f"{e}; the rest of the file is skipped")
@@ -167,7 +200,8 @@ class FileSource(Source):
 
 
 class StdinSource(Source):
-    """Raw signed 16-bit little-endian mono PCM on stdin at `rate` Hz.
+    """Raw signed 16-bit little-endian mono PCM on stdin at `rate` Hz; with `vad`, speech is decided in the reader
+    thread, which then reads every QUIET_READ_S while nobody speaks instead of at every write.
 
     The reader thread reads the file descriptor with os.read, never through sys.stdin's buffered object: a
     thread blocked inside the buffered reader holds its lock, and interpreter shutdown then aborts with
@@ -175,12 +209,14 @@ class StdinSource(Source):
     Where select() works on the descriptor (POSIX), the thread wakes every READ_POLL_S to see `close()`.
     """
 
-    def __init__(self, rate: int, fd: int | None = None) -> None:
+    def __init__(self, rate: int, fd: int | None = None, vad: VadOptions | None = None) -> None:
         super().__init__()
         self.name = f"stdin s16le {rate} Hz"
         self._rate = rate
         self._fd = sys.stdin.fileno() if fd is None else fd
         self._reframer = Reframer(rate)
+        self._gather = gatherer(vad)
+        self._quiet_read_s = min(QUIET_READ_S, READ_BYTES / 2 / (2 * rate))  # a pipe holds 64 KiB: stay under half
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_data = time.monotonic()
@@ -207,7 +243,7 @@ class StdinSource(Source):
         carry = b""
         while self._wait_readable():
             try:
-                data = os.read(self._fd, 8192)
+                data = os.read(self._fd, READ_BYTES)
             except OSError as e:
                 self._call_soon(self.warn, "source_failed", f"reading stdin failed: {e}")
                 break
@@ -217,13 +253,16 @@ class StdinSource(Source):
             data = carry + data
             carry = data[len(data) // 2 * 2 :]  # an odd trailing byte waits for its partner
             pcm = np.frombuffer(data[: len(data) // 2 * 2], "<i2").astype(np.float32) / 32768.0
-            self._put_threadsafe(self._reframer.push(pcm))
+            self._hand_over(self._gather.push(self._reframer.push(pcm)))
+            if self._gather.quiet:  # nobody speaks: let a few writes gather instead of waking for each
+                self._stop.wait(self._quiet_read_s)
         if carry and not self._stop.is_set():
             self._call_soon(self.warn, "odd_byte", "stdin ended with an odd number of bytes (s16le PCM comes in "
                                                    "2-byte samples): the last byte was dropped")
         self.ended = True
-        self._put_threadsafe(self._reframer.push(np.zeros(0, np.float32), last=True))
-        self._put_threadsafe(None)
+        self._hand_over(self._gather.push(self._reframer.push(np.zeros(0, np.float32), last=True)))
+        self._hand_over(self._gather.flush())
+        self._end_threadsafe()
 
     def _call_soon(self, fn: Callable[..., object], *args: object) -> None:
         assert self._loop is not None
@@ -327,9 +366,10 @@ class MicSource(Source):
     closed, so a working device is never dropped for a new default).
     """
 
-    def __init__(self, device: str | None, portaudio: PortAudio | None = None) -> None:
+    def __init__(self, device: str | None, portaudio: PortAudio | None = None, vad: VadOptions | None = None) -> None:
         super().__init__()
         self._device = device
+        self._gather = gatherer(vad)  # in the PortAudio callback thread (one stream at a time)
         self._pa = portaudio or PortAudio()
         self._index, info = self._pa.resolve(device)
         self._set_device(info)
@@ -362,7 +402,7 @@ class MicSource(Source):
     def _on_block(self, block: npt.NDArray[np.float32]) -> None:  # the PortAudio thread
         self._last_block = time.monotonic()
         self._delivering = True
-        self._put_threadsafe(self._reframer.push(block))
+        self._hand_over(self._gather.push(self._reframer.push(block)))
 
     def _lost(self) -> bool:
         if self._delivering:
@@ -430,12 +470,13 @@ class SilenceWatch:
         self._zero_run = 0
         self._warned = False
 
-    def check(self, frame: npt.NDArray[np.float32]) -> str | None:
-        """The warning to give, once per run of silence that reaches the limit; else None."""
-        if frame.any():
-            self._zero_run, self._warned = 0, False
+    def check(self, samples: npt.NDArray[np.float32]) -> str | None:
+        """The next samples (a frame or a block) → the warning to give, once per run of silence that reaches
+        the limit; else None."""
+        if samples.any():
+            self._zero_run, self._warned = len(samples) - 1 - int(np.flatnonzero(samples)[-1]), False
             return None
-        self._zero_run += len(frame)
+        self._zero_run += len(samples)
         if self._warned or self._zero_run < self._limit:
             return None
         self._warned = True
@@ -443,10 +484,10 @@ class SilenceWatch:
                 "microphone access for this terminal (System Settings → Privacy & Security → Microphone)")
 
 
-def open_source(source: str, device: str | None, rate: int, fast: bool) -> Source:
-    """mic | - (stdin) | a file path → a Source (not started)."""
+def open_source(source: str, device: str | None, rate: int, fast: bool, vad: VadOptions | None = None) -> Source:
+    """mic | - (stdin) | a file path → a Source (not started); live sources decide speech with `vad`."""
     if source == "mic":
-        return MicSource(device)
+        return MicSource(device, vad=vad)
     if source == "-":
-        return StdinSource(rate)
+        return StdinSource(rate, vad=vad)
     return FileSource(source, fast)

@@ -6,6 +6,13 @@ comes back after its segment closed is discarded; the final is a fresh decode of
 partials follows StablePrefix (daemon.live.captions). Delivery is isolated: an `emit` that raises is logged
 (once per kind) and kept in `warnings`, and captions go on. Commands cannot flood: settings changes are
 announced at most once per ANNOUNCE_S (the latest wins), and `finalize` never drops speech as a blip.
+
+A model slower than real time is visible and bounded. Partials adapt: one is requested only while the worker is
+idle, no final waits, and PARTIAL_BACKOFF × the last decode's time has passed since that decode ended, so
+partials take at most half of the worker and never queue. `lag_seconds` is how late captions are: the time
+since the segment of the oldest final not yet delivered closed (0 when every final is out; /health shows it).
+When it reaches LAG_WARN_S with finals queued behind the one decoding, a `falling_behind` warning goes out (with
+the lag), and `caught_up` once every final is out. Finals are never dropped, whatever the lag.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ log = logging.getLogger(__name__)
 
 Decoded = tuple[str, DecodeResult]  # text, and the decoder's result
 ANNOUNCE_S = 0.5  # settings-change statuses go out at most this often; changes in between are coalesced
+PARTIAL_BACKOFF = 1.0  # the next partial waits at least this many times the last decode's duration after it
+LAG_WARN_S = 2.0  # captions this late, with finals queued: falling_behind
 
 
 @dataclass
@@ -64,12 +73,23 @@ class CaptionEngine:
         self._failed_kinds: set[str] = set()
         self._pending_status: Status | None = None  # a settings change waiting for ANNOUNCE_S to pass
         self._announced_at = float("-inf")
+        self._partial_due = float("-inf")  # monotonic time before which no partial is decoded
+        self.last_decode_s = 0.0  # how long the last decode took
+        self.lag_warn_s = LAG_WARN_S
+        self.problems: dict[str, str] = {}  # code → message while it lasts (falling_behind), for /health
 
     # -- settings and commands -------------------------------------------------------------------------------
 
     @property
     def queue_depth(self) -> int:
         return self.jobs.depth
+
+    @property
+    def lag_seconds(self) -> float:
+        """How late captions are: seconds since the segment of the oldest final not yet delivered closed
+        (0 when every final is out)."""
+        oldest = next(iter(self._closed_at.values()), None)  # finals are delivered in the order they closed
+        return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
 
     def decode_options(self) -> DecodeOptions:
         return replace(self._options, language=self.settings.language, punctuation=self.settings.punctuation)
@@ -125,6 +145,14 @@ class CaptionEngine:
             return
         self._handle(self.segmenter.push(frame))
 
+    def push_block(self, samples: npt.NDArray[np.float32], speech: npt.NDArray[np.bool_] | None = None) -> None:
+        """Consecutive frames from the source (float32, whole frames), with the speech decision per frame when
+        the capture thread made it (None: the segmenter decides). Paused: dropped, the clock runs on."""
+        if self.settings.paused:
+            self._handle(self.segmenter.skip(len(samples)))
+            return
+        self._handle(self.segmenter.push_block(samples, speech))
+
     def _handle(self, events: list[SegmentEvent]) -> None:
         for ev in events:
             if isinstance(ev, SegmentOpened):
@@ -143,12 +171,15 @@ class CaptionEngine:
         self.jobs.put_final(Job("final", ev.segment, ev.start, ev.audio, self.decode_options()))
 
     def tick(self) -> None:
-        """Called every partial interval: announce settings changes that waited; request a partial when the
-        open segment has new speech."""
+        """Called every partial interval: announce settings changes that waited, and a change of the lag; request
+        a partial when the open segment has new speech and the model has time for it."""
         self._announce_due()
+        self._check_lag()
         seg = self._open
         if seg is None or self.segmenter.current_segment != seg.segment:
             return
+        if self.jobs.busy or self.jobs.finals_waiting or time.monotonic() < self._partial_due:
+            return  # the model is the bottleneck: no partial queues behind it (a later tick asks for newer audio)
         speech = self.segmenter.speech_frames_total
         if speech == seg.submitted_speech:
             return
@@ -163,14 +194,38 @@ class CaptionEngine:
         while True:
             job = await self.jobs.get()
             try:
+                t0 = time.monotonic()
                 try:
                     result: Decoded | None = await anyio.to_thread.run_sync(self._decode, job)
                 except Exception:  # a failed decode must not stop captions for everyone
                     log.exception("decode of segment %d failed", job.segment)
                     result = None
+                self._decoded(time.monotonic() - t0)
                 self._deliver(job, result)
+                self._check_lag()
             finally:
                 self.jobs.done()
+
+    def _decoded(self, seconds: float) -> None:
+        """A decode took `seconds`: no partial before PARTIAL_BACKOFF × that from now."""
+        self.last_decode_s = seconds
+        self._partial_due = time.monotonic() + PARTIAL_BACKOFF * seconds
+
+    def _check_lag(self) -> None:
+        """Warn once when captions fall behind (finals queue up and are LAG_WARN_S late); say when caught up."""
+        lag = self.lag_seconds
+        if "falling_behind" not in self.problems:
+            if lag >= self.lag_warn_s and self.jobs.finals_waiting:
+                msg = (f"captions are {lag:.1f} s behind the audio: the model decodes slower than real time "
+                       f"({self.jobs.finals_waiting + self.jobs.busy} finals to go); partials come less often, "
+                       "every final will come")
+                self.problems["falling_behind"] = msg
+                log.warning(msg)
+                self._emit(Status("warning", "falling_behind", msg, lag_s=lag))
+        elif not self._closed_at:
+            del self.problems["falling_behind"]
+            log.info("captions have caught up with the audio")
+            self._emit(Status("info", "caught_up", "captions have caught up with the audio", lag_s=0.0))
 
     async def drain(self) -> None:
         """Wait until every final queued so far has been decoded and emitted (no time limit: the caller sets one)."""

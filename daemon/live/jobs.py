@@ -56,6 +56,11 @@ class JobQueue:
     def partial_pending(self) -> bool:
         return self._partial is not None
 
+    @property
+    def finals_waiting(self) -> int:
+        """Finals queued (the one being decoded not counted)."""
+        return len(self._finals)
+
     def put_final(self, job: Job) -> None:
         self._finals.append(job)
         self._notify()

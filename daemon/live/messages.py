@@ -11,7 +11,7 @@ client only and carry the seq of the last broadcast message instead):
 | partial         | segment, start, stable (only grows between partials), unstable                              |
 | final           | segment, start, end, text, language, timestamp (ISO 8601 UTC), stop_reason                  |
 | speech_stopped  | segment, end                                                                                |
-| status          | level (info / warning), code, message, settings (when settings changed)                     |
+| status          | level (info / warning), code, message, settings (when settings changed), lag_s (falling_behind, caught_up) |
 | error           | code, message                                                                               |
 | pong            | id (echoed), seq                                                                            |
 
@@ -105,11 +105,18 @@ class Status(Event):
     code: str  # e.g. silent_microphone, settings_changed, model_loaded, paused, resumed, source_ended
     message: str
     settings: Settings | None = None
+    lag_s: float | None = None  # falling_behind, caught_up: how late captions are, in seconds (0.1 s steps)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lag_s is not None:
+            object.__setattr__(self, "lag_s", round(self.lag_s, 1))
 
     def to_dict(self, seq: int) -> dict[str, Any]:
         d = super().to_dict(seq)
-        if self.settings is None:
-            del d["settings"]
+        for optional in ("settings", "lag_s"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
 
