@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from wsclients import handshake_status, make_server
 
 from daemon.live import page as page_files
 from daemon.live.access import TOKEN_ENV, AccessPolicy
+from daemon.live.messages import Event, Final, Partial, SpeechStarted, SpeechStopped, Status
 from devtools.daemon_process import ROOT, Daemon, wer
 from devtools.speech import heldout_sentences, program
 
@@ -384,6 +386,77 @@ def test_captions_page_end_to_end(browser: Browser, tmp_path: Path) -> None:
     assert problems == []
     wide_ctx.close()
     phone_ctx.close()
+
+
+@pytest.fixture()
+def fake_daemon() -> Iterator[tuple[int, Callable[[Event], None]]]:
+    """A CaptionServer (no model) on its own event loop in a thread: its port, and emit(event) to broadcast."""
+    loop = asyncio.new_event_loop()
+    server = make_server()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    try:
+        yield server.port, lambda event: loop.call_soon_threadsafe(server.broadcast, event)
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_page_shows_the_protocol_as_documented(browser: Browser, fake_daemon: tuple[int, Any]) -> None:
+    """Chosen messages, byte for byte: the partial's stable and unstable parts, a final in its place, text never
+    taken as HTML, a cut-short and a failed final, warnings shown and ended by the messages that end them."""
+    port, emit = fake_daemon
+    ctx = browser.new_context(viewport=WIDE)
+    page = ctx.new_page()
+    problems: list[str] = []
+    watch(page, problems, f"http://127.0.0.1:{port}")
+    page.goto(f"http://127.0.0.1:{port}/")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    partial, finals = page.locator("#partial"), page.locator("#finals li")
+
+    emit(SpeechStarted(0, 1.0))
+    expect(partial).to_be_visible()
+    emit(Partial(0, 1.0, "Set a timer", " for ten"))
+    expect(partial.locator(".stable")).to_have_text("Set a timer")
+    expect(partial.locator(".unstable")).to_have_text(" for ten")
+    emit(Partial(0, 1.0, "Set a timer for", " <b>ten</b> minutes"))
+    expect(partial.locator(".unstable")).to_have_text(" <b>ten</b> minutes")
+    emit(Final(0, 1.0, 3.5, "Set a timer for <b>ten</b> minutes.", "en", "eos", "2026-11-25T10:36:29.900+00:00"))
+    emit(SpeechStopped(0, 3.5))
+    expect(finals).to_have_count(1)
+    expect(partial).to_be_hidden()
+    expect(finals.first.locator(".text")).to_have_text("Set a timer for <b>ten</b> minutes.")
+    assert page.locator("#finals b").count() == 0  # text, never markup
+    local = page.evaluate("new Date('2026-11-25T10:36:29.900+00:00').toLocaleTimeString([], "
+                          "{hour: '2-digit', minute: '2-digit', second: '2-digit'})")
+    expect(finals.first.locator("time")).to_have_text(local)
+
+    emit(Final(1, 4.0, 40.0, "one two one two", "en", "repetition"))
+    emit(Final(2, 41.0, 43.0, "", "en", "error"))
+    emit(Final(3, 44.0, 45.0, "", "en", "eos"))  # nothing was said: nothing to show
+    expect(finals).to_have_count(3)
+    expect(finals.nth(1)).to_have_class(re.compile(r"\bcut\b"))
+    expect(finals.nth(2)).to_have_class(re.compile(r"\bfailed\b"))
+
+    warnings = page.locator("#warnings .warning")
+    emit(Status("warning", "falling_behind", "captions are 2.4 s behind the audio"))
+    emit(Status("warning", "silent_microphone", "no audio above the noise floor for 30 s"))
+    emit(Status("warning", "listener_failed", "transcript file: OSError: disk full"))
+    expect(warnings).to_have_count(3)
+    expect(warnings.first).to_be_visible()
+    emit(Status("warning", "falling_behind", "captions are 5.0 s behind the audio"))  # the same warning, updated
+    expect(page.locator(".warning[data-code=falling_behind]")).to_have_text(re.compile("5.0 s behind"))
+    emit(Status("info", "caught_up", "captions have caught up with the audio"))
+    expect(page.locator(".warning[data-code=falling_behind]")).to_have_count(0)
+    emit(SpeechStarted(4, 50.0))  # speech: the microphone is not silent
+    expect(page.locator(".warning[data-code=silent_microphone]")).to_have_count(0)
+    page.click(".warning[data-code=listener_failed] button")  # dismissed by the reader
+    expect(warnings).to_have_count(0)
+    assert problems == []
+    ctx.close()
 
 
 def test_page_passes_the_token_of_its_address_to_its_websocket(browser: Browser) -> None:

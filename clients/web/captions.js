@@ -25,7 +25,6 @@ const ENDED_BY = {
   device_lost: ["device_restored"],
   silent_microphone: ["speech_started"],
   falling_behind: ["caught_up"],
-  behind_real_time: ["caught_up", "back_in_real_time"],
 };
 
 const $ = (id) => document.getElementById(id);
