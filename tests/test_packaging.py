@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import BundleError
+from daemon.live import page
 from daemon.model import locate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +120,14 @@ def test_every_demo_file_is_a_data_file() -> None:
                 installed.add(f"{dest}/{m.name}")
     wanted = {f"{SHARE}/{p.relative_to(ROOT).as_posix()}" for p in DEMO.rglob("*") if p.is_file()}
     assert installed == wanted
+
+
+def test_every_page_file_is_package_data() -> None:
+    """The captions page (clients/web/, served at GET /) ships inside the clients package, file for file."""
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["clients"]
+    shipped = {p for pattern in patterns for p in (ROOT / "clients").glob(pattern) if p.is_file()}
+    assert shipped == {p for p in (ROOT / "clients" / "web").rglob("*") if p.is_file()}
+    assert {name for name, _ in page.ROUTES.values()} == {p.name for p in shipped}
 
 
 def test_console_scripts_return_their_exit_status() -> None:
@@ -262,5 +271,7 @@ def test_fresh_venv_transcribes_with_the_default_model(tmp_path: Path) -> None:
     probe = "import sys, daemon.cli, daemon.live.app, clients.cli; print(sorted(set(sys.modules) & set({h!r})))"
     r = script("python", "-c", probe.format(h=HEAVY))
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+    r = script("python", "-c", "from daemon.live import page; print([page.response(p).status_code for p in page.ROUTES])")
+    assert r.returncode == 0 and r.stdout.split() == ["[200,", "200,", "200,", "200]"], r.stdout + r.stderr  # the page
     r = script("python", "-c", "import daemon.model.locate as l; print(l.default_model())")
     assert Path(r.stdout.strip()).resolve() == (env_dir / SHARE / "models" / "demo").resolve(), r.stdout + r.stderr
