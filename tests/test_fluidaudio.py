@@ -18,11 +18,11 @@ from daemon.errors import BackendError, BundleError, ConfigError
 from daemon.model.backends import default_backend
 from daemon.model.backends.coreml import coreml_backend
 from daemon.model.backends.coreml_reference import package_of
-from daemon.model.bundle import load_bundle
 from daemon.model.decode import DecodeOptions
+from daemon.model.fluidaudio import load_model
 from daemon.model.fluidaudio_features import slaney_mel_filters, symmetric_hann
-from daemon.model.fluidaudio_vocab import VocabTokenizer
-from daemon.model.tokenizer import Tokenizer, open_tokenizer
+from daemon.model.fluidaudio_vocab import VocabTokenizer, open_tokenizer
+from daemon.model.tokenizer import Tokenizer
 from daemon.model.transcriber import Transcriber
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
@@ -99,7 +99,7 @@ def _tiny(folder: Path, version: int) -> dict[str, int]:
 def test_hub_layout_is_read_as_a_bundle(tmp_path: Path) -> None:
     root = _hub(tmp_path / "cohere-transcribe-03-2026-coreml")
     for model in (root, root / "q8"):  # the repository, or its q8 folder
-        b = load_bundle(model)
+        b = load_model(model)
         spec = b.backends["coreml"]
         assert spec.decoder.path == root / "q8" / f"{V2}.mlmodelc"  # v2 before v1, compiled before package
         assert spec.encoders[3500].path == root / "q8" / f"{ENC}.mlmodelc"
@@ -116,7 +116,7 @@ def test_hub_layout_is_read_as_a_bundle(tmp_path: Path) -> None:
 
 def test_side_by_side_v1(tmp_path: Path) -> None:
     _tiny(tmp_path, 1)
-    b = load_bundle(tmp_path)
+    b = load_model(tmp_path)
     assert b.contract == "fluidaudio-v1" and b.tokenizer_path == tmp_path / "tokenizer.model"
     mask = next(t for t in b.backends["coreml"].decoder.inputs if t.name == "attention_mask")
     assert mask.shape == (1, 1, 1, -1)
@@ -170,7 +170,7 @@ def test_malformed_folder_is_one_line(tmp_path: Path, case: str, message: str) -
     root = _hub(tmp_path / "hub")
     _break(case, root)
     with pytest.raises(BundleError) as e:
-        load_bundle(root)
+        load_model(root)
     assert "\n" not in str(e.value) and message in str(e.value), str(e.value)
 
 
@@ -186,7 +186,7 @@ def test_cli_names_what_is_missing(tmp_path: Path) -> None:
 def test_core_ml_only_off_a_mac_and_the_package_the_evaluator_needs(tmp_path: Path) -> None:
     root = _hub(tmp_path / "hub")
     with pytest.raises(BackendError, match="holds Core ML files only: run it on a Mac"):
-        default_backend(load_bundle(root))
+        default_backend(load_model(root))
     assert package_of(root / "q8" / f"{V2}.mlmodelc") == root / "q8" / f"{V2}.mlpackage"
     with pytest.raises(BackendError, match=r"has only the compiled cohere_encoder\.mlmodelc"):
         package_of(root / "q8" / f"{ENC}.mlmodelc")
@@ -267,7 +267,7 @@ def test_adapter_feeds_and_the_98_token_cap(tmp_path: Path, version: int, caplog
     warning; every step got FluidAudio's inputs (position_id, both mask forms, ceil(L/8) valid cross frames,
     per-layer caches holding the rows of the steps before); the .mlmodelc files were loaded, not compiled."""
     dims = _tiny(tmp_path / "m", version)
-    bundle = load_bundle(tmp_path / "m")
+    bundle = load_model(tmp_path / "m")
     runtime = _Runtime(dims["vocab"], token=200)
     backend = coreml_backend(bundle, runtime=runtime, cache_root=tmp_path / "cache")
     tr = Transcriber(bundle, backend, open_tokenizer(bundle.tokenizer_path), dither=0.0)

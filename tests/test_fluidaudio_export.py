@@ -212,7 +212,7 @@ def test_real_dims_export_is_the_published_contract_literally(tmp_path) -> None:
     import torch
     from transformers import CohereAsrConfig, CohereAsrForConditionalGeneration
 
-    from daemon.model.bundle import load_bundle
+    from daemon.model.fluidaudio import load_model
     from exporter.fluidaudio import DECODERS, ENCODER, _convert, tensor_specs
     from exporter.fluidaudio_wrappers import FluidDecoderStep, FluidEncoder
     from exporter.wrappers import finite_encoder_mask
@@ -236,6 +236,6 @@ def test_real_dims_export_is_the_published_contract_literally(tmp_path) -> None:
     pieces = [PUBLISHED_PIECES.get(i, f"<0x{i - 300:02X}>" if 300 <= i < 556 else f"\u2581w{i}")
               for i in range(16384)]
     (tmp_path / "vocab.json").write_text(json.dumps({str(i): p for i, p in enumerate(pieces)}))
-    b = load_bundle(tmp_path)
+    b = load_model(tmp_path)
     assert (b.contract, b.n_layers, b.n_heads, b.head_dim, b.cache_capacity, b.cross_frames, b.vocab_size,
             b.max_new_tokens, b.eos_id, b.languages["en"]) == ("fluidaudio-v2", 8, 8, 128, 108, 438, 16384, 98, 3, 62)

@@ -33,7 +33,8 @@ from daemon.live.config import DaemonConfig
 from daemon.live.engine import CaptionEngine
 from daemon.live.messages import PROTOCOL, Command, Event, Hello, Pong, Settings, Status
 from daemon.live.server import CaptionServer
-from daemon.model.bundle import Bundle, load_bundle
+from daemon.model.bundle import Bundle
+from daemon.model.fluidaudio import load_model
 from daemon.model.decode import resolve_max_new_tokens
 from daemon.model.transcriber import Transcriber, load_transcriber
 from daemon.output.transcripts import TranscriptWriter
@@ -69,7 +70,7 @@ class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.started = time.monotonic()
-        self.bundle = load_bundle(config.model)  # parse and presence checks: fast; checksums come later
+        self.bundle = load_model(config.model)  # parse and presence checks: fast; checksums come later
         check_startup(config, self.bundle)
         # live sources decide speech in their capture thread, with the same options as the segmenter
         self.source = open_source(config.source, config.device, config.rate, config.fast,

@@ -3,7 +3,7 @@
 The manifest declares everything the runtime needs (audio parameters, buckets, tensor names/shapes/dtypes per
 backend, token ids, prompt template, generation limits, checksums); `load_bundle` validates it and fails with
 one line naming what is wrong. A folder of FluidInference's published Core ML files has no manifest:
-`load_bundle` reads it through daemon.model.fluidaudio, which derives what the manifest would say. It hashes
+daemon.model.fluidaudio.load_model reads either kind, deriving what such a manifest would say. It hashes
 nothing: checksums are verified per backend by daemon.model.checksums.verify_files. The exporter writes the
 manifest (exporter/manifest.py); nothing here is hard-coded.
 """
@@ -129,10 +129,6 @@ def load_bundle(root: str | Path) -> Bundle:
     if not root.is_dir():
         raise BundleError(f"model bundle {root} is not a folder")
     if not mpath.is_file():
-        from daemon.model.fluidaudio import is_fluid_folder, load_fluid_folder
-
-        if is_fluid_folder(root):  # FluidInference's published Core ML files: what a manifest would say
-            return load_fluid_folder(root)
         raise BundleError(f"model bundle {root} has no manifest.json (nor FluidInference Core ML files: "
                           "cohere_encoder.mlmodelc or .mlpackage)")
     try:

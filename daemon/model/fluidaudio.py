@@ -28,8 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import BundleError
-from daemon.model.bundle import BackendSpec, Bundle, GraphSpec, TensorSpec, encoder_frames, window_frames
+from daemon.errors import BackendError, BundleError
+from daemon.model.bundle import (
+    BackendSpec,
+    Bundle,
+    GraphSpec,
+    TensorSpec,
+    encoder_frames,
+    load_bundle,
+    window_frames,
+)
 from daemon.model.fluidaudio_features import (
     HOP_LENGTH,
     MAX_WINDOW_SECONDS,
@@ -152,16 +160,12 @@ def describe(path: Path) -> Described:
         return _describe_compiled(path)
     if not (path / "Manifest.json").is_file():
         raise BundleError(f"{path} is not a Core ML package (no Manifest.json)")
+    from daemon.model.backends.coreml_reference import package_spec
+
     try:
-        logging.getLogger("coremltools").setLevel(logging.ERROR)
-        from coremltools.models.utils import load_spec
-    except ImportError as e:
-        raise BundleError(f"reading {path.name} needs coremltools: pip install 'cohere-transcribe-daemon[coreml]'"
-                          ) from e
-    try:
-        spec = load_spec(str(path))
-    except Exception as e:  # coremltools raises plain Exception for unreadable packages
-        raise BundleError(f"cannot read {path}: {' '.join(str(e).split())}") from e
+        spec = package_spec(path)
+    except BackendError as e:
+        raise BundleError(str(e)) from e
     return Described(_spec_tensors(spec.description.input), _spec_tensors(spec.description.output),
                      _SPEC_MACOS.get(spec.specificationVersion), "as stored in the package")
 
@@ -251,7 +255,7 @@ def check_contract(layout: Layout, enc: Described, dec: Described) -> dict[str, 
 
 def _token_ids(layout: Layout, vocab: int) -> tuple[dict[str, int], dict[str, int]]:
     """(control piece → id, language → id) read from the tokenizer by piece name."""
-    from daemon.model.tokenizer import open_tokenizer
+    from daemon.model.fluidaudio_vocab import open_tokenizer
 
     tok = open_tokenizer(layout.tokenizer)
     if tok.vocab_size != vocab:
@@ -279,6 +283,18 @@ def _rel(layout: Layout, path: Path) -> str:
 
 def _graph(path: Path, described: Described, order: list[str], out_order: list[str]) -> GraphSpec:
     return GraphSpec(path, tuple(described.inputs[n] for n in order), tuple(described.outputs[n] for n in out_order))
+
+
+def load_model(root: str | Path) -> Bundle:
+    """What `--model DIR` names: a bundle (manifest.json), or a folder of FluidInference's Core ML files.
+
+    Raises:
+        BundleError: one line naming what is wrong with either.
+    """
+    root = Path(root)
+    if not (root / "manifest.json").is_file() and is_fluid_folder(root):
+        return load_fluid_folder(root)
+    return load_bundle(root)
 
 
 def load_fluid_folder(root: str | Path) -> Bundle:

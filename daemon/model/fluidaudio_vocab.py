@@ -72,3 +72,9 @@ class VocabTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         raise ConfigError(f"{self.path} holds pieces only; encoding text needs the SentencePiece tokenizer.model")
+
+
+def open_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer in `path`: a SentencePiece tokenizer.model, or a vocab.json of pieces (FluidInference's
+    folders; decoding and piece lookup only)."""
+    return VocabTokenizer(path) if path.suffix == ".json" else Tokenizer(path)

@@ -57,16 +57,6 @@ class Tokenizer:
         return (d.push_many(ids) + d.flush()).strip()
 
 
-def open_tokenizer(path: Path) -> Tokenizer:
-    """The tokenizer in `path`: a SentencePiece tokenizer.model, or a vocab.json of pieces (FluidInference's
-    folders; decoding and piece lookup only, see daemon.model.fluidaudio_vocab)."""
-    if path.suffix == ".json":
-        from daemon.model.fluidaudio_vocab import VocabTokenizer
-
-        return VocabTokenizer(path)
-    return Tokenizer(path)
-
-
 class StreamingDetokenizer:
     """Token-by-token detokenization that only ever emits whole UTF-8 characters."""
 

@@ -24,7 +24,8 @@ from daemon.model.decode import (
 )
 from daemon.model.features import log_mel, pad_frames
 from daemon.model.segment import Segment
-from daemon.model.tokenizer import Tokenizer, open_tokenizer
+from daemon.model.fluidaudio_vocab import open_tokenizer
+from daemon.model.tokenizer import Tokenizer
 
 
 class Transcriber:
@@ -134,10 +135,10 @@ def load_transcriber(model: str | Path | Bundle, backend: str | None = None, dit
         ConfigError, BackendError: an unknown backend, or one that cannot run here.
     """
     from daemon.model.backends import default_backend, files_of, get_backend
-    from daemon.model.bundle import load_bundle
     from daemon.model.checksums import verify_files
+    from daemon.model.fluidaudio import load_model
 
-    bundle = model if isinstance(model, Bundle) else load_bundle(model)
+    bundle = model if isinstance(model, Bundle) else load_model(model)  # a bundle or a FluidInference folder
     name = backend or default_backend(bundle)
     if files_of(name) in bundle.backends:  # otherwise get_backend names what is wrong
         verify_files(bundle, files_of(name), force=verify)

@@ -10,6 +10,7 @@ from daemon.errors import BackendError, ConfigError
 from daemon.model.bundle import Bundle
 
 from .base import Backend, EncoderOutput, Session
+from .fluidaudio import backend_class
 
 __all__ = ["BACKENDS", "Backend", "EncoderOutput", "Session", "backend_class", "default_backend", "files_of",
            "get_backend"]
@@ -42,15 +43,6 @@ def default_backend(bundle: Bundle) -> str:
         log.warning("%s — using onnx", e)
         return "onnx"
     return "coreml"
-
-
-def backend_class(bundle: Bundle) -> type[Backend]:
-    """Backend for our decoder contract, the FluidAudio adapter for FluidInference's files."""
-    if bundle.contract.startswith("fluidaudio"):
-        from .fluidaudio import FluidAudioBackend
-
-        return FluidAudioBackend
-    return Backend
 
 
 def get_backend(bundle: Bundle, name: str | None = None, compute_units: str = "all") -> Backend:

@@ -30,6 +30,7 @@ from daemon.model.bundle import Bundle, GraphSpec
 from daemon.model.checksums import cache_file, sha256_of
 
 from .base import Array, Backend, Session
+from .fluidaudio import backend_class
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +218,6 @@ def coreml_backend(bundle: Bundle, compute_units: str = DEFAULT_COMPUTE_UNITS,
     if runtime is None:
         spec = bundle.manifest.get("backends", {}).get("coreml", {})
         check_available(spec.get("minimum_deployment_target") if isinstance(spec, dict) else None)
-    from . import backend_class
-
     return backend_class(bundle)(bundle, "coreml", CoreMLLoader(compute_units, runtime, cache_root))
 
 

@@ -61,6 +61,21 @@ def package_of(path: Path) -> Path:
     return package
 
 
+def package_spec(path: Path) -> Any:
+    """The protobuf spec of an .mlpackage (its declared inputs and outputs; weights are not read).
+
+    Raises:
+        BackendError: no coremltools, or not a readable package.
+    """
+    _coremltools()
+    from coremltools.models.utils import load_spec
+
+    try:
+        return load_spec(str(path))
+    except Exception as e:  # coremltools raises plain Exception for unreadable packages
+        raise BackendError(f"cannot read {path}: {' '.join(str(e).split())}") from e
+
+
 def load_program(path: Path) -> Any:
     """The MIL program of an .mlpackage (every function), read with coremltools' milproto loader.
 

@@ -21,7 +21,14 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from daemon.model.bundle import Bundle
+
 from .base import Array, Backend, EncoderOutput, _run
+
+
+def backend_class(bundle: Bundle) -> type[Backend]:
+    """Backend for our decoder contract, this adapter for FluidInference's files (fluidaudio-v1, -v2)."""
+    return FluidAudioBackend if bundle.contract.startswith("fluidaudio") else Backend
 
 
 class FluidAudioBackend(Backend):
