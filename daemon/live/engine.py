@@ -9,7 +9,7 @@ announced at most once per ANNOUNCE_S (the latest wins), and `finalize` never dr
 
 A model slower than real time is visible and bounded. Partials adapt: one is requested only while the worker is
 idle, no final waits, and PARTIAL_BACKOFF × the last decode's time has passed since that decode ended, so
-partials take at most half of the worker and never queue. `lag_seconds` is how late captions are: the time
+partials take at most two thirds of the worker and never queue. `lag_seconds` is how late captions are: the time
 since the segment of the oldest final not yet delivered closed (0 when every final is out; /health shows it).
 When it reaches LAG_WARN_S with finals queued behind the one decoding, a `falling_behind` warning goes out (with
 the lag), and `caught_up` once every final is out. Finals are never dropped, whatever the lag.
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 Decoded = tuple[str, DecodeResult]  # text, and the decoder's result
 ANNOUNCE_S = 0.5  # settings-change statuses go out at most this often; changes in between are coalesced
-PARTIAL_BACKOFF = 1.0  # the next partial waits at least this many times the last decode's duration after it
+PARTIAL_BACKOFF = 0.5  # the next partial waits at least this many times the last decode's duration after it
 LAG_WARN_S = 2.0  # captions this late, with finals queued: falling_behind
 
 
