@@ -148,7 +148,7 @@ def _agent(args: argparse.Namespace) -> int:
     manager = agent.manager_for(host)
     if args.action == "install":
         flags = {k: v for k, v in vars(args).items() if k not in ("command", "action", "config")}
-        lines = agent.install(host, manager, args.config, flags)
+        lines = agent.install(host, manager, args.config, flags, _prog())
     elif args.action == "uninstall":
         lines = agent.uninstall(manager)
     elif args.action == "restart":

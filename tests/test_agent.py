@@ -388,11 +388,12 @@ def test_systemd_install_and_uninstall_are_idempotent(tmp_path: Path) -> None:
     assert systemctl.calls == [[*u, "daemon-reload"], [*u, "is-active", UNIT], [*u, "enable", "--now", UNIT]]
     assert systemctl.enabled and systemctl.active
     systemctl.calls.clear()
-    agent.install(host, systemd, None, {})  # unchanged: no reload, no restart
-    assert systemctl.calls == [[*u, "is-active", UNIT], [*u, "enable", "--now", UNIT]]
+    agent.install(host, systemd, None, {})  # unchanged: no restart
+    assert systemctl.calls == [[*u, "daemon-reload"], [*u, "is-active", UNIT], [*u, "enable", "--now", UNIT]]
     systemctl.calls.clear()
     agent.install(host, systemd, None, {"language": "es"})  # a new config file, the same unit: a restart
-    assert systemctl.calls == [[*u, "is-active", UNIT], [*u, "enable", "--now", UNIT], [*u, "restart", UNIT]]
+    assert systemctl.calls == [[*u, "daemon-reload"], [*u, "is-active", UNIT], [*u, "enable", "--now", UNIT],
+                               [*u, "restart", UNIT]]
     systemctl.calls.clear()
     agent.install(Host("Linux", host.home, {"PATH": "/usr/bin"}, 1000, PY), systemd, None, {})  # changed unit
     assert systemctl.calls == [[*u, "daemon-reload"], [*u, "is-active", UNIT], [*u, "enable", "--now", UNIT],
@@ -416,7 +417,9 @@ def test_no_user_manager_is_one_line_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^systemctl --user daemon-reload failed: Failed to connect to bus: "
                                           r"No medium found \(is a systemd user session running\?"):
         agent.install(host, Systemd(host, no_bus), None, {})
-    assert Systemd(host, no_bus).state().detail.startswith("unknown: Failed to connect to bus")
+    systemd = Systemd(host, no_bus)
+    assert not systemd.path.exists()  # the unit it wrote is removed again: nothing half-installed
+    assert systemd.state().detail.startswith("unknown: Failed to connect to bus")
 
 
 def test_other_systems_have_no_agent(tmp_path: Path) -> None:

@@ -54,12 +54,14 @@ def manager_for(host: Host, run: Runner | None = None) -> Manager:
     raise ConfigError(f"agent: no service manager for {host.system} (launchd on macOS, systemd on Linux)")
 
 
-def install(host: Host, manager: Manager, config: str | None, flags: Mapping[str, Any]) -> list[str]:
+def install(host: Host, manager: Manager, config: str | None, flags: Mapping[str, Any],
+            prog: str = "cohere-transcribe") -> list[str]:
     """Choose and check the config file, then write and load the service that runs `serve --config` on it.
 
     Args:
         config: a config file to use as it is; None: the default config file.
         flags: `serve` options given to install (None values left out); written into the default config file.
+        prog: how the user runs this command (for the hint at the end).
     """
     given = {k: v for k, v in flags.items() if v is not None}
     lines: list[str] = []
@@ -84,7 +86,7 @@ def install(host: Host, manager: Manager, config: str | None, flags: Mapping[str
     spec = service_spec(host, path)
     lines += manager.install(spec, restart=changed)
     lines.append(f"logs: {manager.logs(spec)}")
-    lines.append("status: cohere-transcribe agent status")
+    lines.append(f"status: {prog} agent status")
     return lines
 
 

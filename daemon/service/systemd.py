@@ -71,15 +71,20 @@ class Systemd:
         return f"journalctl --user -u {UNIT.removesuffix('.service')}"
 
     def install(self, spec: ServiceSpec, restart: bool = False) -> list[str]:
-        """Write the unit, reload systemd if it changed, enable and start it; restart it if it (or, with
-        `restart`, its config file) changed while running. Nothing changes when it is in place, enabled and
-        active."""
+        """Write the unit, reload systemd, enable and start it; restart it if it (or, with `restart`, its config
+        file) changed while running. Nothing changes when it is in place, enabled and active; a unit file that
+        this call created is removed again when systemctl fails."""
+        new = not self.path.exists()
         changed = write_file(self.path, unit(spec))
         lines = [f"wrote {self.path}" if changed else f"{self.path}: unchanged"]
-        if changed:
-            self._must("daemon-reload")
-        was_active = self._systemctl("is-active", UNIT).stdout.strip() == "active"
-        self._must("enable", "--now", UNIT)
+        try:
+            self._must("daemon-reload")  # also when unchanged: an earlier install may have failed before it
+            was_active = self._systemctl("is-active", UNIT).stdout.strip() == "active"
+            self._must("enable", "--now", UNIT)
+        except ConfigError:
+            if new:  # nothing half-installed is left behind
+                self.path.unlink()
+            raise
         if (changed or restart) and was_active:
             self._must("restart", UNIT)
             lines.append(f"restarted {UNIT} with the new settings")
