@@ -344,15 +344,18 @@ def test_the_written_config_lists_every_key_and_serve_reads_it(tmp_path: Path) -
 
 # ---------------------------------------------------------------- Linux: the systemd user unit
 def test_the_unit_runs_serve_restarts_always_and_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    host = linux(tmp_path, COHERE_TRANSCRIBE_MODEL=str(DEMO), XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    cfg = tmp_path / "my config 100%"  # a space and a specifier character in every path of the unit
+    host = linux(tmp_path, COHERE_TRANSCRIBE_MODEL=str(DEMO), XDG_CONFIG_HOME=str(cfg))
     host = Host(host.system, host.home, host.env, host.uid, sys.executable)  # an interpreter verify can find
     systemd = Systemd(host, FakeSystemctl())
     agent.install(host, systemd, None, {"device": "USB 100% mic"})
-    assert systemd.path == tmp_path / "cfg" / "systemd" / "user" / "cohere-transcribe.service"
-    config = tmp_path / "cfg" / "cohere-transcribe" / "daemon.toml"
+    assert systemd.path == cfg / "systemd" / "user" / "cohere-transcribe.service"
+    config = cfg / "cohere-transcribe" / "daemon.toml"
     text = systemd.path.read_text()
-    assert f"ExecStart={sys.executable} -m daemon serve --config {config}\n" in text
-    for line in ("Restart=always", "RestartSec=5", f"WorkingDirectory={config.parent}",
+    quoted = '"' + str(config).replace("%", "%%") + '"'
+    assert f"ExecStart={sys.executable} -m daemon serve --config {quoted}\n" in text
+    assert systemd.state().config == config  # read back from ExecStart
+    for line in ("Restart=always", "RestartSec=5", f"WorkingDirectory={str(config.parent).replace('%', '%%')}",
                  f"Environment=PATH={PATH}", f"Environment=COHERE_TRANSCRIBE_MODEL={DEMO}",
                  "WantedBy=default.target"):
         assert f"\n{line}\n" in text
