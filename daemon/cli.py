@@ -185,7 +185,7 @@ def _fetch(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
-    print("\n".join(usage_lines(args.name, folder)))
+    print("\n".join(usage_lines(folder, _prog())))
     return 0
 
 

@@ -58,7 +58,7 @@ class ScriptedModel:
         languages={"en": 0, "es": 1}, punctuation_pieces={"on": "<|pnc|>", "off": "<|nopnc|>"},
         prompt_template=("<|startoftranscript|>", "<|{language}|>", "{punctuation}"),
         features=SimpleNamespace(sample_rate=SR, hop_length=160), max_window_seconds=35.0,
-        split_search_seconds=5.0, split_window_samples=1600))
+        split_search_seconds=5.0, split_window_samples=1600, max_new_tokens=256))
     tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
     in_flight: int = 0
     max_in_flight: int = 0

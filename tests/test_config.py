@@ -183,7 +183,7 @@ def test_model_default_is_found_when_made(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def fake_bundle(window_s: float) -> Any:
     return SimpleNamespace(features=SimpleNamespace(sample_rate=16000), max_window_seconds=window_s,
-                           split_search_seconds=2.0, split_window_samples=800)
+                           split_search_seconds=2.0, split_window_samples=800, max_new_tokens=256)
 
 
 def test_vad_options_take_the_bundles_window() -> None:

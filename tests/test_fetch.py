@@ -116,7 +116,7 @@ def test_fetch_shows_the_licence_downloads_only_what_is_needed_verifies_and_prin
     assert "Licence of these files: cc-by-nc-4.0" in out and f"https://huggingface.co/{Q8}" in out
     assert out.index("Licence") < out.index("Verifying")
     assert f"Verified {len(Q8_WANTED)} files in {dest}" in out
-    assert f"cohere-transcribe serve --model {dest}" in out
+    assert f"python -m daemon serve --model {dest}" in out
     assert "at most 98 tokens per window" in out and "at most 14 s" in out
     assert downloaded(dest) == Q8_WANTED  # no v1 decoder, no .mlpackage copy, no README
     repo = fake.repos[Q8]
@@ -296,7 +296,10 @@ def test_not_enough_space_is_found_before_downloading(hub: tuple[FakeHub, str], 
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     fake, url = hub
     monkeypatch.setattr(fetch_module, "free_bytes", lambda path: 10**6)
-    with pytest.raises(DownloadError, match=r"not enough disk space in .*: 0\.00 GB to download, 0\.00 GB free"):
+    need = sum(len(fake.repos[Q8].files[p]) for p in Q8_WANTED)
+    assert round(need / 1e6, 1) == 1.7
+    with pytest.raises(DownloadError, match=r"not enough disk space in .*: 1\.7 MB to download \(and 200 MB to "
+                                             r"spare\), 1\.0 MB free; free some space or pick another --dir"):
         fetch("fluidinference-q8", tmp_path / "m", True, hub=HfHub(url), out=lambda s: None)
     assert fake.gets == {}
 
@@ -356,3 +359,23 @@ def test_huggingface_hub_is_a_light_runtime_dependency() -> None:
     assert any(d.startswith("huggingface_hub") for d in deps)
     runtime = [r for r in requires("huggingface_hub") or [] if "extra ==" not in r]
     assert runtime and not [r for r in runtime if r.split(";")[0].lower().startswith(("torch", "transformers"))]
+
+
+@pytest.mark.parametrize(("name", "encoder", "decoder", "tokenizer", "contract"), [
+    ("fluidinference-q8", "q8/cohere_encoder.mlmodelc", "q8/cohere_decoder_cache_external_v2.mlmodelc",
+     "vocab.json", "fluidaudio-v2"),
+    ("fluidinference-fp16", "cohere_encoder.mlpackage", "cohere_decoder_cache_external.mlpackage",
+     "tokenizer.model", "fluidaudio-v1"),
+])
+def test_the_fetched_folder_is_the_layout_model_recognises(hub: tuple[FakeHub, str], tmp_path: Path, name: str,
+                                                          encoder: str, decoder: str, tokenizer: str,
+                                                          contract: str) -> None:
+    """The folder printed as --model is found by the FluidInference loader, with the files fetch chose."""
+    from daemon.model.fluidaudio import find_layout, is_fluid_folder
+
+    _, url = hub
+    dest = fetch(name, tmp_path / name, True, hub=HfHub(url), out=lambda s: None)
+    layout = find_layout(dest)
+    assert is_fluid_folder(dest)
+    assert (layout.encoder, layout.decoder, layout.tokenizer, layout.contract) == (
+        dest / encoder, dest / decoder, dest / tokenizer, contract)

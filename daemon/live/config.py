@@ -24,6 +24,7 @@ from daemon.errors import ConfigError
 from daemon.live.access import TOKEN_ENV, is_loopback, origins_problem, token_problem
 from daemon.model.backends import BACKENDS
 from daemon.model.backends.coreml import COMPUTE_UNITS
+from daemon.model.budget import max_segment_seconds, split_search_seconds
 from daemon.model.decode import DecodeOptions
 from daemon.model.locate import default_model
 
@@ -104,7 +105,7 @@ class DaemonConfig:
             raise ConfigError(problem)
 
     def vad_options(self, bundle: Bundle | None = None) -> VadOptions:
-        """The segmenter's options; with a bundle, its sample rate and window limits replace the defaults.
+        """The segmenter's options; with a bundle, its sample rate and segment limits replace the defaults.
 
         Raises:
             ConfigError: for values VadOptions rejects (with a bundle: a pre-roll longer than its window, say).
@@ -126,9 +127,13 @@ class DaemonConfig:
 
 
 def window_limits(bundle: Bundle) -> dict[str, Any]:
-    """The VadOptions fields a bundle decides: its sample rate and its window (≤ 35 s, cut like the reference)."""
-    return {"sample_rate": bundle.features.sample_rate, "max_segment_s": bundle.max_window_seconds,
-            "split_search_s": bundle.split_search_seconds, "split_block_samples": bundle.split_window_samples}
+    """The VadOptions fields a bundle decides: its sample rate and the longest segment, its window (≤ 35 s, cut
+    like the reference) or less where its token budget holds less speech (daemon.model.budget: 14 s for
+    FluidInference's 98 tokens; --max-new-tokens limits the tokens, not the cut)."""
+    segment_s = max_segment_seconds(bundle.max_new_tokens, bundle.max_window_seconds)
+    return {"sample_rate": bundle.features.sample_rate, "max_segment_s": segment_s,
+            "split_search_s": split_search_seconds(bundle.split_search_seconds, segment_s),
+            "split_block_samples": bundle.split_window_samples}
 
 
 FIELDS = {f.name: f for f in fields(DaemonConfig)}

@@ -9,7 +9,7 @@ decoder stops with stop_reason "max_new_tokens". So segments are cut at
 TOKENS_PER_SECOND = 7 tokens per second of segment, the design rate for all 14 languages. Evidence (docs/macos.md,
 "Token budget", has the table and sources):
 - Measured with the real tokenizer (FluidInference's published q8 results on FLEURS, 12 clips in en, es, fr, zh,
-  tokens the model produced ÷ clip duration): 2.7 to 5.4 tokens/s, mean 3.8; the densest is French (45 tokens in
+  tokens the model produced ÷ clip duration): 2.7 to 5.4 tokens/s, mean 3.7; the densest is French (45 tokens in
   8.3 s); one French clip of 23.4 s stopped at the 98-token cap mid-word.
 - Reading rates without pauses (Pellegrino, Coupé & Marsico 2011: English 6.2, Spanish 7.8, Mandarin 5.2
   syllables/s) times tokens per syllable counted in those transcripts (en 0.9, es 0.8, fr 0.9, zh 1.3–1.45: rare

@@ -17,6 +17,7 @@ huggingface_hub is imported only when a fetch runs (it imports tqdm; the daemon'
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import shutil
 import sys
@@ -105,7 +106,7 @@ def fetch(name: str, dest: Path | None = None, accept_license: bool = False, rev
         info = hub.model_info(source.repo_id, revision=revision, files_metadata=True)
     files = select(source, remote_files(info))
     total = sum(f.size for f in files)
-    out(f"{name}: {source.repo_id} at {str(info.sha)[:12]}, {len(files)} files, {total / GB:.2f} GB")
+    out(f"{name}: {source.repo_id} at {str(info.sha)[:12]}, {len(files)} files, {size(total)}")
     out(f"  {source.about}")
     out(licence_text(source.repo_id, getattr(info, "card_data", None)))
     if not accept_license:
@@ -214,15 +215,19 @@ def free_bytes(path: Path) -> int:
 def check_space(dest: Path, need: int) -> None:
     free = free_bytes(dest)
     if need > 0 and free < need + SPARE_BYTES:
-        raise DownloadError(f"not enough disk space in {dest}: {need / GB:.2f} GB to download, "
-                            f"{free / GB:.2f} GB free; free some space or pick another --dir")
+        raise DownloadError(f"not enough disk space in {dest}: {size(need)} to download (and 200 MB to spare), "
+                            f"{size(free)} free; free some space or pick another --dir")
+
+
+def size(n: int) -> str:
+    return f"{n / GB:.2f} GB" if n >= GB / 10 else f"{n / 1e6:.1f} MB"
 
 
 def verify(dest: Path, files: list[RemoteFile], out: Callable[[str], None]) -> None:
     """Every file at its Hub size and hash; a bad file is deleted (with huggingface_hub's record of it) so that
     the same command fetches it again."""
     total = sum(f.size for f in files)
-    out(f"Verifying {len(files)} files ({total / GB:.2f} GB) against the Hub's sizes and hashes ...")
+    out(f"Verifying {len(files)} files ({size(total)}) against the Hub's sizes and hashes ...")
     for f in files:
         path = dest / f.path
         problem = file_problem(path, f)
@@ -335,15 +340,18 @@ class HfHub:
     def snapshot_download(self, repo_id: str, *, revision: str, local_dir: Path, allow_patterns: list[str]) -> str:
         from huggingface_hub import snapshot_download
 
-        return str(snapshot_download(repo_id, revision=revision, local_dir=local_dir, allow_patterns=allow_patterns,
-                                     endpoint=self.endpoint))
+        folder = str(snapshot_download(repo_id, revision=revision, local_dir=local_dir, allow_patterns=allow_patterns,
+                                       endpoint=self.endpoint))
+        gc.collect()  # its byte-count bars close when collected: now, before the lines that follow them
+        sys.stderr.flush()
+        return folder
 
 
-def usage_lines(name: str, folder: Path) -> list[str]:
-    """What to run with the fetched model."""
-    lines = ["", "Captions from this model:", f"  cohere-transcribe serve --model {quote(folder)}",
-             f"  cohere-transcribe transcribe --model {quote(folder)} FILE.wav",
-             "The first start on a Mac compiles the models for the Neural Engine once (minutes).",
+def usage_lines(folder: Path, prog: str = "cohere-transcribe") -> list[str]:
+    """What to run with the fetched model (prog: how the user started this command)."""
+    lines = ["", "Captions from this model:", f"  {prog} serve --model {quote(folder)}",
+             f"  {prog} transcribe --model {quote(folder)} FILE.wav",
+             "The first start on a Mac prepares the models for the Neural Engine (minutes, once).",
              f"This model decodes at most {FLUID_MAX_NEW_TOKENS} tokens per window, so `serve` cuts speech into "
              f"segments of at most {max_segment_seconds(FLUID_MAX_NEW_TOKENS, FLUID_WINDOW_S):g} s (docs/macos.md)."]
     if sys.platform != "darwin":

@@ -14,6 +14,7 @@ import numpy.typing as npt
 from daemon.audio.windows import split_windows
 from daemon.errors import AudioError
 from daemon.model.backends import Backend
+from daemon.model.budget import max_segment_seconds, split_search_seconds
 from daemon.model.bundle import Bundle, encoder_frames
 from daemon.model.decode import (
     DecodeOptions,
@@ -82,11 +83,14 @@ class Transcriber:
                       DecodeOptions(ignore_eos=True))
 
     def windows(self, samples: npt.NDArray[np.float32]) -> list[tuple[int, int]]:
-        """Split audio longer than the model's window at the quietest point near each boundary."""
+        """Split audio longer than the model's window, or than its token budget carries (daemon.model.budget),
+        at the quietest point near each boundary."""
         sr = self.sample_rate
         b = self.bundle
-        return split_windows(samples, round(b.max_window_seconds * sr),
-                             round(b.split_search_seconds * sr), b.split_window_samples)
+        window_s = max_segment_seconds(b.max_new_tokens, b.max_window_seconds)
+        return split_windows(samples, round(window_s * sr),
+                             round(split_search_seconds(b.split_search_seconds, window_s) * sr),
+                             b.split_window_samples)
 
     def transcribe(self, samples: npt.NDArray[np.float32], options: DecodeOptions,
                    timings: dict[str, float] | None = None,
@@ -95,7 +99,8 @@ class Transcriber:
 
         timings: when given, seconds per stage are added to it ("features", "encoder", "decoder", "detokenize").
         spans: when given, the [start, end) sample spans to transcribe (for example the speech segments that
-            daemon.audio.vad.speech_spans finds, as `serve` cuts them) instead of ≤ 35 s windows of everything.
+            daemon.audio.vad.speech_spans finds, as `serve` cuts them) instead of windows of everything (≤ 35 s, or
+            shorter where the token budget holds less speech: daemon.model.budget).
         """
         if samples.shape[0] == 0:
             raise AudioError("the audio is empty")
