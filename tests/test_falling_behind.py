@@ -168,8 +168,9 @@ def test_health_shows_the_lag_and_the_warning_while_the_demo_model_is_slowed(tmp
 
     behind, caught_up, msgs = asyncio.run(scenario())
     assert behind["decode_lag_s"] > 0 and behind["status"] == "degraded"
-    assert any("behind the audio" in w for w in behind["warnings"]) and behind["last_decode_ms"] >= 1000
+    assert any("behind the audio" in w for w in behind["warnings"])
     assert caught_up["decode_lag_s"] == 0.0 and caught_up["status"] == "ok" and caught_up["warnings"] == []
+    assert caught_up["last_decode_ms"] > 0
     warning = of("status", msgs, code="falling_behind")[0]
     assert warning["level"] == "warning" and warning["lag_s"] >= 0.5
     finals = of("final", msgs)

@@ -34,8 +34,8 @@ from daemon.live.engine import CaptionEngine
 from daemon.live.messages import PROTOCOL, Command, Event, Hello, Pong, Settings, Status
 from daemon.live.server import CaptionServer
 from daemon.model.bundle import Bundle
-from daemon.model.fluidaudio import load_model
 from daemon.model.decode import resolve_max_new_tokens
+from daemon.model.fluidaudio import load_model
 from daemon.model.transcriber import Transcriber, load_transcriber
 from daemon.output.transcripts import TranscriptWriter
 

@@ -9,7 +9,8 @@ announced at most once per ANNOUNCE_S (the latest wins), and `finalize` never dr
 
 A model slower than real time is visible and bounded. Partials adapt: one is requested only while the worker is
 idle, no final waits, and PARTIAL_BACKOFF × the last decode's time has passed since that decode ended, so
-partials take at most two thirds of the worker and never queue. `lag_seconds` is how late captions are: the time
+partials take at most two thirds of the worker and never queue. A tick that finds the model without time leaves
+the partial owed: the worker asks for it the moment the pause is over (a final that comes first goes first). `lag_seconds` is how late captions are: the time
 since the segment of the oldest final not yet delivered closed (0 when every final is out; /health shows it).
 When it reaches LAG_WARN_S with finals queued behind the one decoding, a `falling_behind` warning goes out (with
 the lag), and `caught_up` once every final is out. Finals are never dropped, whatever the lag.
@@ -17,7 +18,9 @@ the lag), and `caught_up` once every final is out. Finals are never dropped, wha
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -74,6 +77,7 @@ class CaptionEngine:
         self._pending_status: Status | None = None  # a settings change waiting for ANNOUNCE_S to pass
         self._announced_at = float("-inf")
         self._partial_due = float("-inf")  # monotonic time before which no partial is decoded
+        self._partial_owed = False  # a tick wanted a partial while the model had no time for it
         self.last_decode_s = 0.0  # how long the last decode took
         self.lag_warn_s = LAG_WARN_S
         self.problems: dict[str, str] = {}  # code → message while it lasts (falling_behind), for /health
@@ -165,6 +169,7 @@ class CaptionEngine:
 
     def _close(self, ev: SegmentClosed) -> None:
         self._open = None
+        self._partial_owed = False
         self.jobs.drop_partial(ev.segment)
         self._emit(SpeechStopped(ev.segment, ev.end / self.sample_rate))
         self._closed_at[ev.segment] = time.monotonic()
@@ -172,18 +177,27 @@ class CaptionEngine:
 
     def tick(self) -> None:
         """Called every partial interval: announce settings changes that waited, and a change of the lag; request
-        a partial when the open segment has new speech and the model has time for it."""
+        a partial when the open segment has new speech and the model has time for it (else it is owed)."""
         self._announce_due()
         self._check_lag()
-        seg = self._open
-        if seg is None or self.segmenter.current_segment != seg.segment:
-            return
         if self.jobs.busy or self.jobs.finals_waiting or time.monotonic() < self._partial_due:
-            return  # the model is the bottleneck: no partial queues behind it (a later tick asks for newer audio)
-        speech = self.segmenter.speech_frames_total
-        if speech == seg.submitted_speech:
+            self._partial_owed = self._has_new_speech()  # no partial queues behind the model: it is asked for later
+            self.jobs.poke()
             return
-        seg.submitted_speech = speech
+        self._offer_partial()
+
+    def _has_new_speech(self) -> bool:
+        seg = self._open
+        return (seg is not None and self.segmenter.current_segment == seg.segment
+                and self.segmenter.speech_frames_total != seg.submitted_speech)
+
+    def _offer_partial(self) -> None:
+        """A partial of the open segment's audio so far, if it has speech no partial has seen yet."""
+        if not self._has_new_speech():
+            return
+        seg = self._open
+        assert seg is not None
+        seg.submitted_speech = self.segmenter.speech_frames_total
         self.jobs.offer_partial(Job("partial", seg.segment, seg.start, self.segmenter.current_audio(),
                                     self.decode_options()))
 
@@ -192,7 +206,7 @@ class CaptionEngine:
     async def run_worker(self) -> None:
         """Decode jobs one at a time, forever (cancel to stop)."""
         while True:
-            job = await self.jobs.get()
+            job = await self._next_job()
             try:
                 t0 = time.monotonic()
                 try:
@@ -205,6 +219,22 @@ class CaptionEngine:
                 self._check_lag()
             finally:
                 self.jobs.done()
+
+    async def _next_job(self) -> Job:
+        """The next job (finals first); meanwhile, a partial owed to a tick is offered once its pause is over."""
+        while True:
+            owed, wait = self._partial_owed, self._partial_due - time.monotonic()
+            if owed and wait <= 0 and not self.jobs.finals_waiting:
+                self._partial_owed = False
+                self._offer_partial()
+            elif self.jobs.depth:
+                return await self.jobs.get()
+            else:
+                with anyio.move_on_after(wait if owed else math.inf):  # the pause, or a job, or a new debt
+                    await self.jobs.wait_until(functools.partial(self._job_or_debt_changed, owed))
+
+    def _job_or_debt_changed(self, owed: bool) -> bool:
+        return self.jobs.depth > 0 or self._partial_owed != owed
 
     def _decoded(self, seconds: float) -> None:
         """A decode took `seconds`: no partial before PARTIAL_BACKOFF × that from now."""

@@ -92,6 +92,10 @@ class JobQueue:
         self._notify()
         return job
 
+    def poke(self) -> None:
+        """Wake the waiters: something their conditions read outside the queue changed."""
+        self._notify()
+
     def done(self) -> None:
         """The job from `get()` is decoded and delivered."""
         self.busy = False
