@@ -43,7 +43,8 @@ QUIET_READ_S = 0.2  # while nobody speaks the stdin reader waits this long betwe
 STALL_GRACE_S = 1.0  # a live source silent for longer than this counts as stalled (lag in /health)
 LOST_AFTER_S = 0.5  # a microphone stream that delivered and then has no callback this long has lost its device
 START_GRACE_S = 3.0  # a stream just opened may be this slow to deliver (ALSA→PulseAudio: 0.03–1.3 s measured)
-WATCH_S = 0.1  # the microphone's supervisor looks this often
+WATCH_S = 0.25  # the microphone's supervisor looks this often (a lost device is noticed within 0.75 s)
+MIC_BLOCK_FRAMES = 3  # PortAudio calls back with 90 ms blocks: a third of the wake-ups of 30 ms ones, 60 ms later
 RETRY_S, RETRY_MAX_S = 0.1, 0.5  # reopening a lost device: first delay, doubling up to the most
 
 
@@ -345,7 +346,7 @@ class PortAudio:
 
         try:
             stream = sd.InputStream(device=index, channels=1, samplerate=rate, dtype="float32",
-                                    blocksize=rate * FRAME_MS // 1000, callback=on_block,
+                                    blocksize=rate * FRAME_MS * MIC_BLOCK_FRAMES // 1000, callback=on_block,
                                     finished_callback=finished)
             stream.start()
         except sd.PortAudioError as e:
