@@ -159,18 +159,53 @@ def accuracy_part(docs: dict[str, Doc], img: Path, rel: str) -> Lines:
 def decoder_step_part(doc: Doc, img: Path, rel: str) -> Lines:
     med, p90 = doc.get("median_step_ms", {}), doc.get("p90_step_ms", {})
     names = {"ours": "ours: cross-attention K/V computed once per window",
-             "recompute_cross_kv": "reference: cross-attention K/V projected again in every step"}
-    rows = [[names.get(k, k), med[k], p90.get(k), num(round(med[k] / med["ours"], 2)) + "×" if "ours" in med else "–"]
+             "recompute_cross_kv": "reference: cross-attention K/V projected again in every step",
+             **doc.get("variants", {})}
+    base = "ours_int8" if "ours_int8" in med else "ours"
+    rows = [[names.get(k, k), med[k], p90.get(k), num(round(med[k] / med[base], 2)) + "×" if base in med else "–"]
             for k in med]
     shape = ", ".join(f"{k} {v}" for k, v in doc.get("shape", {}).items())
     out = ["## Decoder step: cross-attention K/V once per window vs every step", "",
            f"One decoder step at the full decoder shape ({shape}), random weights, ONNX Runtime CPU, "
-           "timed side by side (A/B alternating).", ""]
+           "timed side by side (round robin).", ""]
     macs = doc.get("cross_kv_macs_per_step_avoided")
-    out += [f"Ratio (reference ÷ ours, medians): **{num(doc.get('ratio'))}×**; multiply-accumulates avoided per "
-            f"step: {'–' if macs is None else f'{macs / 1e9:.2f} G'}.", ""]
-    out += table(["decoder step", "median ms", "p90 ms", "× ours"], rows)
+    goal = doc.get("goal")
+    met = "" if not goal else f" (goal ≥ {num(goal['ratio'])}×: {'met' if goal['met'] else 'not met'})"
+    out += [f"Ratio (reference ÷ {base.replace('_', ' ')}, medians): **{num(doc.get('ratio'))}×**{met}; "
+            f"multiply-accumulates avoided per step: {'–' if macs is None else f'{macs / 1e9:.2f} G'}.", ""]
+    out += table(["decoder step", "median ms", "p90 ms", f"× {base.replace('_', ' ')}"], rows)
+    if doc.get("ratios"):
+        out += table(["ratio of medians", "value"], [[k, f"{num(v)}×"] for k, v in doc["ratios"].items()])
+    out += _decoder_limits(doc)
     return [*out, provenance(doc), ""]
+
+
+def _decoder_limits(doc: Doc) -> Lines:
+    """Bandwidth floor, host loop and prefill tables of decoder_step.json (absent in older files)."""
+    bw, limits = doc.get("bandwidth"), doc.get("limits")
+    out: Lines = []
+    if bw and limits:
+        out += [f"Against this machine's memory bandwidth (`python -m bench.bandwidth`, 1 GB numpy arrays): copy "
+                f"{num(bw['best_copy_gbps'])} GB/s (bytes copied; the bus moves twice that), read "
+                f"{num(bw['best_read_gbps'])} GB/s. Floor = weight bytes a step reads (not the embedding tables) ÷ "
+                f"bandwidth; a step also reads {num(doc.get('kv_mb_per_step'))} MB of K/V (self cache and cross).",
+                ""]
+        out += table(["step", "weights MB", "floor ms (copy bw)", "step ÷ floor (copy bw)", "floor ms (read bw)",
+                      "step ÷ floor (read bw)", "step ÷ floor incl. K/V (read bw)"],
+                     [[k, v["weight_mb"], v["floor_ms_copy_bw"], v["ratio_to_floor_copy_bw"], v["floor_ms_read_bw"],
+                       v["ratio_to_floor_read_bw"], v["ratio_to_floor_read_bw_with_kv"]] for k, v in limits.items()])
+    if doc.get("host_loop"):
+        out += ["Host loop: `greedy_decode` (prompt prefill, then single steps, through Backend's input checks) vs "
+                "bare `session.run` of the same step:", ""]
+        out += table(["graph", "greedy_decode ms per call", "session.run ms per call", "host ms per call",
+                      "host share"],
+                     [[k, v["greedy_decode_ms_per_call"], v["session_run_ms_per_call"], v["host_ms_per_call"],
+                       f"{100 * v['host_share']:.1f} %"] for k, v in doc["host_loop"].items()])
+    if doc.get("prefill"):
+        out += ["Prompt prefill: the 10-token prompt in one decoder call vs ten single-token calls:", ""]
+        out += table(["graph", "prefill ms", "10 steps ms", "ratio"],
+                     [[k, v["prefill_ms"], v["steps_ms"], f"{num(v['ratio'])}×"] for k, v in doc["prefill"].items()])
+    return out
 
 
 # ---------------------------------------------------------------- live_latency.json
@@ -253,18 +288,22 @@ def rss_figure(soak: Doc, path: Path) -> None:
     save(fig, path)
 
 
+IDLE_RUNS = {"idle": "stdin, digital silence", "idle_noise": "stdin, noise", "idle_mic": "microphone, digital silence",
+             "idle_mic_noise": "microphone, noise"}
+
+
 def idle_table(doc: Doc) -> Lines:
-    runs = [doc["idle"], *([doc["idle_noise"]] if "idle_noise" in doc else [])]  # silence, then low room noise
+    keys = [k for k in IDLE_RUNS if k in doc]  # silence, then low room noise; on stdin, then on the microphone
+    runs = [doc[k] for k in keys]
     idle = runs[0]
-    heard = idle.get("source", "")
-    if len(runs) > 1:
-        heard += (f"; then, in a daemon of its own, Gaussian noise at {num(runs[1].get('noise_dbfs'))} dBFS RMS "
-                  "(low room noise, under the daemon's -45 dBFS energy gate)")
+    names = [IDLE_RUNS[k] + (f" {num(doc[k].get('noise_dbfs'))} dBFS" if doc[k].get("noise_dbfs") is not None else "")
+             for k in keys]
     out = ["### CPU while listening to silence" + (" and to room noise" if len(runs) > 1 else ""), "",
-           f"Source: {heard}; {idle.get('clients')} client connected; each measured over "
+           f"Each in a daemon of its own, {idle.get('clients')} client connected, measured over "
            f"{num(idle.get('wall_seconds'))} s after the model had loaded. Load average of the machine at the start: "
-           f"{', '.join(num(x) for x in doc.get('load_average', []))}.", ""]
-    names = ["digital silence", *(f"noise {num(r.get('noise_dbfs'))} dBFS" for r in runs[1:])]
+           f"{', '.join(num(x) for x in doc.get('load_average', []))}. The noise is low room noise, under the "
+           "daemon's -45 dBFS energy gate. Sources:", "",
+           *[f"- {name}: {r.get('source')}" for name, r in zip(names, runs, strict=True)], ""]
 
     def others(r: Doc) -> list[float]:  # thread ids differ from run to run: the other threads by CPU share
         return sorted((v for k, v in r.get("cpu_percent_by_thread", {}).items() if k != "main"), reverse=True)

@@ -1,6 +1,6 @@
 """Soak of a running daemon: CPU share while it listens to silence, and its memory over a long fast file run.
 
-    python -m bench.soak [--idle-seconds 60] [--noise-dbfs -50] [--hours 1.0] [--sample-seconds 2]
+    python -m bench.soak [--idle-seconds 60] [--noise-dbfs -50] [--mic] [--hours 1.0] [--sample-seconds 2]
         [--model models/demo] [--out bench/results/soak.json]
 
 idle: `python -m daemon serve --source -` is fed, in 30 ms chunks paced in real time by this script (the way a
@@ -8,7 +8,9 @@ idle: `python -m daemon serve --source -` is fed, in 30 ms chunks paced in real 
     low room noise (Gaussian, --noise-dbfs RMS, int16: below the daemon's -45 dBFS energy gate, as a quiet
     room is), each in a daemon of its own. After the model has loaded (GET /health says "ok") and a short
     settling time, the daemon's CPU share of one core is Δ(utime + stime) of its process (all threads;
-    /proc/PID/stat) ÷ wall time over --idle-seconds. Goal ≤ 1 % (issue 17) for both.
+    /proc/PID/stat) ÷ wall time over --idle-seconds. Goal ≤ 1 % (issue 17) for both. With --mic, also
+    `--source mic` (PortAudio) on a private PulseAudio server whose default input is a null sink's monitor
+    playing zeros, then the noise (needs pulseaudio and pacat; the daemon's libpulse thread is counted).
 soak: ≥ --hours of espeak-ng speech (the demo model's held-out sentences, cycled, with 1–2.5 s of silence
     between them) is written to a temporary int16 WAV and served with `--source FILE --fast --transcripts DIR`.
     Every --sample-seconds: VmRSS (/proc/PID/status), the finals so far and the stream position of the last one
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -34,6 +37,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,7 @@ CHUNK_MS = 30  # stdin chunk, like the microphone's 30 ms blocks
 IDLE_GOAL_PERCENT = 1.0
 NOISE_DBFS = -50.0  # low room noise: 5 dB under the daemon's energy gate (VadOptions.min_level_dbfs, -45)
 NOISE_LOOP_S = 10  # the noise is this long, then repeats
+MIC_PLAYER_LATENCY_MS = 100  # --mic: the latency the player of the virtual microphone's sink asks PulseAudio for
 SETTLE_S = 2.0  # after the model loaded: let the audio buffered while loading pass through
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KB_TO_MB = 1 / 1024  # /proc/PID/status reports kB
@@ -183,30 +188,82 @@ def measure_idle(model: str, seconds: float, noise_dbfs: float | None = None) ->
     with Daemon("--model", model, "--source", "-", stdin=subprocess.PIPE) as d:
         pacer = threading.Thread(target=pace, args=(d.proc.stdin, stop, audio), name="pacer", daemon=True)
         pacer.start()
-        client = Client(d.url)
-        client.start()
-        wait_loaded(d)
-        time.sleep(SETTLE_S)
-        pid = d.proc.pid
-        c0, th0, t0 = cpu_seconds(pid), thread_cpu_seconds(pid), time.monotonic()
-        time.sleep(seconds)
-        c1, th1, t1 = cpu_seconds(pid), thread_cpu_seconds(pid), time.monotonic()
-        per_thread = {n: round(100 * (v - th0.get(n, 0.0)) / (t1 - t0), 3) for n, v in th1.items()}
-        doc, _ = health(d.port, 5)
-        info = {"rss_mb": round(status_kb(pid, "VmRSS") * KB_TO_MB, 1), "threads": status_kb(pid, "Threads"),
-                "child_processes": len(children(pid))}
+        out = cpu_share(d, seconds)
         stop.set()
         pacer.join(5)
-    share = 100 * (c1 - c0) / (t1 - t0)
     heard = "zeros" if noise_dbfs is None else f"Gaussian noise at {noise_dbfs:g} dBFS RMS"
     return {"source": f"stdin s16le {SR} Hz {heard}, {CHUNK_MS} ms chunks paced in real time",
-            "noise_dbfs": noise_dbfs,
-            "wall_seconds": round(t1 - t0, 3), "cpu_seconds": round(c1 - c0, 3),
+            "noise_dbfs": noise_dbfs, **out}
+
+
+def measure_idle_mic(model: str, seconds: float, noise_dbfs: float | None = None) -> dict[str, Any]:
+    """The same for `--source mic` (PortAudio) on a PulseAudio null sink's monitor that plays digital silence
+    (or noise). The daemon's libpulse client thread counts too; how often it wakes is PulseAudio's choice (the
+    sink runs at the latency its player asks for, MIC_PLAYER_LATENCY_MS here)."""
+    with virtual_microphone(idle_audio(noise_dbfs)) as env, Daemon("--model", model, "--source", "mic", env=env) as d:
+        out = cpu_share(d, seconds)
+    heard = "zeros" if noise_dbfs is None else f"Gaussian noise at {noise_dbfs:g} dBFS RMS"
+    return {"source": f"microphone (PortAudio → a PulseAudio null sink's monitor, {SR} Hz) playing {heard} with "
+                      f"{MIC_PLAYER_LATENCY_MS} ms latency", "noise_dbfs": noise_dbfs, **out}
+
+
+def cpu_share(d: Daemon, seconds: float) -> dict[str, Any]:
+    """Once the model has loaded (and SETTLE_S more): the daemon's CPU share over `seconds`, by thread."""
+    client = Client(d.url)
+    client.start()
+    wait_loaded(d)
+    time.sleep(SETTLE_S)
+    pid = d.proc.pid
+    c0, th0, t0 = cpu_seconds(pid), thread_cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    c1, th1, t1 = cpu_seconds(pid), thread_cpu_seconds(pid), time.monotonic()
+    per_thread = {n: round(100 * (v - th0.get(n, 0.0)) / (t1 - t0), 3) for n, v in th1.items()}
+    doc, _ = health(d.port, 5)
+    share = 100 * (c1 - c0) / (t1 - t0)
+    return {"wall_seconds": round(t1 - t0, 3), "cpu_seconds": round(c1 - c0, 3),
             "cpu_percent_of_core": round(share, 3), "goal_percent": IDLE_GOAL_PERCENT,
-            "meets_goal": share <= IDLE_GOAL_PERCENT, **info,
+            "meets_goal": share <= IDLE_GOAL_PERCENT, "rss_mb": round(status_kb(pid, "VmRSS") * KB_TO_MB, 1),
+            "threads": status_kb(pid, "Threads"), "child_processes": len(children(pid)),
             "cpu_percent_by_thread": dict(sorted(per_thread.items(), key=lambda kv: -kv[1])),
             "clients": doc["clients"] if doc else None, "audio_lag_s": doc["audio_lag_s"] if doc else None,
             "client": client.summary()}
+
+
+@contextlib.contextmanager
+def virtual_microphone(audio: bytes) -> Iterator[dict[str, str]]:
+    """A private PulseAudio server whose default input is a null sink's monitor, fed `audio` (s16le, looped) in
+    real time; yields the environment that points a process at it."""
+    with tempfile.TemporaryDirectory(prefix="pulse-") as tmp:
+        env = {"HOME": f"{tmp}/home", "XDG_RUNTIME_DIR": f"{tmp}/run"}
+        for folder in env.values():
+            Path(folder).mkdir(mode=0o700)
+        conf = Path(tmp) / "pa.conf"
+        conf.write_text("load-module module-native-protocol-unix auth-anonymous=1\n"
+                        f"load-module module-null-sink sink_name=vsink rate={SR} channels=1 format=s16le\n"
+                        "set-default-sink vsink\nset-default-source vsink.monitor\n")
+        penv = {**os.environ, **env}
+        pulse = subprocess.Popen(["pulseaudio", "-n", "-F", str(conf), "--daemonize=no", "--exit-idle-time=-1",
+                                  "--disallow-exit", f"--log-target=file:{tmp}/pulse.log"], env=penv)
+        player = None
+        try:
+            deadline = time.monotonic() + 20
+            while subprocess.run(["pactl", "info"], env=penv, capture_output=True).returncode != 0:
+                if time.monotonic() > deadline or pulse.poll() is not None:
+                    raise RuntimeError("pulseaudio did not start")
+                time.sleep(0.1)
+            player = subprocess.Popen(["pacat", "--playback", "--device=vsink", "--raw", "--format=s16le",
+                                       f"--rate={SR}", "--channels=1", f"--latency-msec={MIC_PLAYER_LATENCY_MS}"],
+                                      stdin=subprocess.PIPE, env=penv)
+            stop = threading.Event()
+            threading.Thread(target=pace, args=(player.stdin, stop, audio), daemon=True).start()
+            yield env
+            stop.set()
+        finally:
+            if player is not None:
+                player.kill()
+                player.communicate()
+            pulse.terminate()
+            pulse.wait(10)
 
 
 # ---------------------------------------------------------------- soak: a long file, fast
@@ -324,6 +381,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--idle-seconds", type=float, default=60.0,
                     help="silence, then noise, to measure CPU over (0: skip)")
     ap.add_argument("--noise-dbfs", type=float, default=NOISE_DBFS, help="RMS level of the room noise")
+    ap.add_argument("--mic", action="store_true",
+                    help="also measure idle on --source mic (a private PulseAudio server's null-sink monitor)")
     ap.add_argument("--hours", type=float, default=1.0, help="audio for the memory run (0: skip)")
     ap.add_argument("--sample-seconds", type=float, default=2.0, help="RSS sampling interval")
     ap.add_argument("--timeout", type=float, default=None,
@@ -343,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"idle, silence: {result['idle']['cpu_percent_of_core']:.2f} % of a core", file=sys.stderr)
         result["idle_noise"] = measure_idle(args.model, args.idle_seconds, args.noise_dbfs)
         print(f"idle, noise: {result['idle_noise']['cpu_percent_of_core']:.2f} % of a core", file=sys.stderr)
+        if args.mic:
+            result["idle_mic"] = measure_idle_mic(args.model, args.idle_seconds)
+            result["idle_mic_noise"] = measure_idle_mic(args.model, args.idle_seconds, args.noise_dbfs)
+            for key in ("idle_mic", "idle_mic_noise"):
+                print(f"{key}: {result[key]['cpu_percent_of_core']:.2f} % of a core", file=sys.stderr)
     if args.hours > 0:
         timeout = args.timeout if args.timeout is not None else 3 * 3600 * args.hours + 300
         result["soak"] = measure_soak(args.model, args.hours, args.sample_seconds, timeout)
