@@ -48,15 +48,28 @@ def export_extra_flops(cfg: Any, t: int) -> float:
     return float(2 * t * d_enc * d_dec + cfg.num_hidden_layers * 2 * 2 * t * d_dec * d_dec)
 
 
-def graph_flops(path: Path) -> dict[str, float]:
+def graph_flops(path: Path, frames: int | None = None) -> dict[str, float]:
     """FLOPs of every MatMul, Gemm and Conv of a static-shape ONNX graph, from onnx shape inference; products
     of two initializers (ONNX Runtime folds them at load) are counted apart. Dims that shape inference leaves
-    symbolic (after Reshape/Expand) are taken from the other operand or the output, else 1 (the batch)."""
+    symbolic (after Reshape/Expand) are taken from the other operand or the output, else 1 (the batch).
+    frames: for an encoder with a dynamic frame axis, the frame count to count it at (shapes propagated
+    through the graph's shape arithmetic by onnxruntime's symbolic shape inference)."""
+    import contextlib
     import math
 
     import onnx
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    model = onnx.load(str(path), load_external_data=False)
+    if frames is None:
+        model = onnx.shape_inference.infer_shapes(model)
+    else:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        dim = next(i for i in model.graph.input if i.name == "input_features").type.tensor_type.shape.dim[-1]
+        dim.ClearField("dim_param")
+        dim.dim_value = frames
+        with contextlib.chdir(path.parent):  # external tensors it reads (a few biases) are found from there
+            model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     g = model.graph
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in (*g.input, *g.output, *g.value_info)}

@@ -1,17 +1,21 @@
-"""P2/P3 at the full 2B shape: our ONNX pipeline vs transformers generate(), buckets vs padding, encoder FLOP/s.
+"""P2/P3 and the memory goals at the full 2B shape: our ONNX pipeline vs transformers generate(), a segment at
+its own length vs padded, one dynamic encoder session vs a session per bucket, export and daemon memory.
 
-    python -m bench.full_shape [--encoder-layers 48] [--decoder-layers 8] [--new-tokens 100] [--reps 3]
+    python -m bench.full_shape [--encoder-layers 48] [--decoder-layers 8] [--new-tokens 100] [--reps 3] [--int8]
         [--out bench/results/full_shape.json] [--work build/full_shape] [--keep] [--reuse]
 
 A CohereAsrForConditionalGeneration with the real config (transformers' defaults, model.md) and seeded random
 weights is saved with a 16384-piece tokenizer that has the real ids of every piece the daemon reads, exported
-with `python -m exporter --backends onnx --buckets 500,3500`, and timed on the same audio (seeded noise) with
-the token count forced (ignore_eos / min_new_tokens):
+with `python -m exporter --backends onnx` (and `--onnx-precision int8` with --int8), and timed on the same audio
+(seeded noise) with the token count forced (ignore_eos / min_new_tokens):
 
-    P2a  35 s window: transformers generate() ÷ our Transcriber.transcribe_window (ONNX Runtime)  goal ≥ 1.5
-    P2b  5 s segment, ours: padded to 3500 frames ÷ bucket 500                                   goal ≥ 3
-    P3   encoder FLOP/s (analytic count, `encoder_flops`) ÷ float32 matmul peak of this machine    goal ≥ 0.6
-    peak RSS of the checkpoint build, of the export and of inference.
+    P2a  35 s window: transformers generate() ÷ our Transcriber.transcribe_window (ONNX Runtime)   goal ≥ 2
+    P2b  5 s segment, ours: padded to 3500 frames and cross length 438 ÷ at its own 500 frames (63)  goal ≥ 3
+    P3   encoder FLOP/s (analytic count, `encoder_flops`) ÷ float32 matmul peak of this machine     goal ≥ 0.6
+    the encoder alone on 500 and 3500 frames: one dynamic session vs a session per bucket (the same graph with
+    its frame axis fixed), and each one's memory: the decision recorded in docs/benchmarks.md;
+    peak RSS of the checkpoint build and of the export (goal ≤ 12 GB), and the daemon's RSS after its
+    warm-up ÷ the bundle's ONNX weights (goal ≤ 1.2).
 
 Every heavy step runs in its own subprocess (this process never loads a model), so each one's peak RSS is its
 own (os.wait4). The two sides run as persistent workers and alternate run by run when both fit in memory at
@@ -125,10 +129,11 @@ def audio(seconds: float, seed: int = 0):  # -> float32 (n,) noise, the same for
 
 
 class Ours:
-    """Worker: our daemon's Transcriber on the bundle (ONNX Runtime), bucketed and padded-to-3500 views."""
+    """Worker: our daemon's Transcriber on the bundle (ONNX Runtime): each window at its own length, and a view
+    that pads a 5 s segment to the full window (3500 frames, cross length 438) as the daemon did before."""
 
     def __init__(self, bundle: str, new_tokens: int) -> None:
-        from dataclasses import replace
+        import copy
 
         from daemon.model.decode import DecodeOptions
         from daemon.model.transcriber import Transcriber, load_transcriber
@@ -137,24 +142,37 @@ class Ours:
         self.tr = load_transcriber(bundle, "onnx")  # verifies checksums, loads the decoder session
         self.load_seconds = time.perf_counter() - t0
         b = self.tr.bundle
-        # Same backend and sessions; only the bucket list differs, so every window is padded to the full one.
-        self.padded = Transcriber(replace(b, buckets=(b.window_frames,)), self.tr.backend, self.tr.tokenizer)
+        # The same sessions; this view pads every window to the full one and the cross K/V to its 438 frames.
+        padded = copy.copy(self.tr.backend)
+        padded.input_frames = lambda n_valid: b.window_frames  # type: ignore[method-assign]
+        padded.cross_length = lambda frames: b.cross_frames  # type: ignore[method-assign]
+        self.padded = Transcriber(b, padded, self.tr.tokenizer)
         self.options = DecodeOptions(ignore_eos=True, max_new_tokens=new_tokens)
         self.audio = {"window": audio(WINDOW_S), "segment": audio(SEGMENT_S)}
 
     def loaded(self) -> dict[str, Any]:
         return {"load_seconds": round(self.load_seconds, 1)}
 
+    def warm_up(self) -> dict[str, Any]:
+        """The daemon's own warm-up (Transcriber.warm_up), as `serve` runs it before model_loaded."""
+        t0 = time.perf_counter()
+        self.tr.warm_up()
+        return {"seconds": round(time.perf_counter() - t0, 1)}
+
     def window(self, which: str) -> dict[str, Any]:
-        """which: p2a (35 s), bucket (5 s, smallest bucket) or padded (5 s padded to 3500 frames)."""
+        """which: p2a (35 s), segment (5 s at its own 500 frames) or padded (5 s padded to 3500 frames)."""
         tr = self.padded if which == "padded" else self.tr
         samples = self.audio["window" if which == "p2a" else "segment"]
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        prompt, result = tr.transcribe_window(samples, self.options, timings=timings)
+        _, result = tr.transcribe_window(samples, self.options, timings=timings)
         seconds = time.perf_counter() - t0
         return {"seconds": seconds, "stages": timings, "new_tokens": len(result.tokens),
-                "decoder_steps": len(prompt) + len(result.tokens) - 1}
+                "decoder_steps": result.n_steps}
+
+    def encoder(self, frames: int, reps: int) -> dict[str, Any]:
+        """The encoder alone on `frames` frames of features (all valid), `reps` times."""
+        return _time_encoder(lambda f: self.tr.backend.encode(f, f.shape[-1]), frames, reps)
 
     def profile(self, steps: int = 20) -> dict[str, Any]:
         """ONNX Runtime's per-op profile of the full-window encoder and of decoder steps (fresh sessions;
@@ -163,7 +181,7 @@ class Ours:
 
         import numpy as np
 
-        from daemon.model.decode import build_prompt, cross_inputs
+        from daemon.model.decode import build_prompt, cross_inputs, layer_views
         from daemon.model.features import log_mel, pad_frames
 
         tr, b = self.tr, self.tr.bundle
@@ -178,12 +196,77 @@ class Ours:
         cache = np.zeros((b.n_layers, 1, b.n_heads, b.cache_capacity, b.head_dim), np.float32)
         mask = np.full((1, 1, 1, b.cache_capacity), b.mask_value, np.float32)
         mask[..., :steps] = 0.0
-        dec_feeds = [{"input_id": np.array([[prompt[0]]]), "position": np.array([i]), "self_k": cache,
-                      "self_v": cache, "self_mask": mask, "cross_k": k, "cross_v": v, "cross_mask": cross_mask}
-                     for i in range(steps)]
+        arrays = {"self_k": cache, "self_v": cache, "cross_k": k, "cross_v": v}
+        state = {"self_mask": mask, "cross_mask": cross_mask, **arrays, **layer_views(arrays, b.n_layers)}
+        names = {t.name for t in spec.decoder.inputs}  # stacked or per layer (self_k_0 ...), as the graph declares
+        dec_feeds = [{"input_id": np.array([[prompt[0]]]), "position": np.array([i]),
+                      **{n: a for n, a in state.items() if n in names}} for i in range(steps)]
         enc_feeds = [{"input_features": feats, "feature_length": np.array([b.window_frames])}]
         return {"encoder_3500": _ort_profile(spec.encoders[b.window_frames].path, enc_feeds),
                 "decoder_step": _ort_profile(spec.decoder.path, dec_feeds)}
+
+
+def _features(frames: int):  # -> (1, n_mels, frames) float32: log-mel-like noise, the same for every side
+    import numpy as np
+
+    return np.random.default_rng(frames).standard_normal((1, 128, frames)).astype(np.float32)
+
+
+def _time_encoder(run: Any, frames: int, reps: int) -> dict[str, Any]:
+    feats = _features(frames)
+    run(feats)  # warm-up (first run at this shape)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run(feats)
+        times.append(time.perf_counter() - t0)
+    return {"frames": frames, "median_seconds": round(statistics.median(times), 3),
+            "runs_seconds": [round(t, 3) for t in times]}
+
+
+class Buckets:
+    """Worker: the alternative to one dynamic encoder, a session per bucket: the same encoder.onnx with its
+    frame axis fixed (SessionOptions.add_free_dimension_override_by_name), so ONNX Runtime can specialise
+    the graph to the bucket (fold the positional branch). One session at a time: each holds its own weights."""
+
+    def __init__(self, bundle: str) -> None:
+        from daemon.model.bundle import load_bundle
+
+        b = load_bundle(bundle)
+        self.path = b.backends["onnx"].encoders[b.window_frames].path
+
+    def loaded(self) -> dict[str, Any]:
+        return {}
+
+    def encoder(self, frames: int, reps: int) -> dict[str, Any]:
+        import gc
+
+        import numpy as np
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.add_free_dimension_override_by_name("frames", frames)
+        base = _rss_now()
+        t0 = time.perf_counter()
+        sess = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        load_s = time.perf_counter() - t0
+        after_load = _rss_now()
+        res = _time_encoder(lambda f, s=sess: s.run(None, {"input_features": f,
+                                                            "feature_length": np.array([f.shape[-1]])}),
+                            frames, reps)
+        res.update(load_seconds=round(load_s, 1), session_rss_mb=after_load - base,
+                   session_rss_after_runs_mb=_rss_now() - base)
+        del sess
+        gc.collect()
+        return res
+
+
+def _rss_now() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    return -1
 
 
 def _ort_profile(path: Path, feeds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -347,11 +430,19 @@ class Side:
         self.runs: dict[str, list[dict[str, Any]]] = {}
         self.info: dict[str, Any] = {}
 
-    def start(self, phase: str, args: list[str], log: Path, warm: list[str], load_label: str) -> None:
-        """Start the worker, then one untimed window per case in `warm` (the first one's peak RSS is
-        reported as load + one window)."""
+    def start(self, phase: str, args: list[str], log: Path, warm: list[str], load_label: str,
+              warm_up: bool = False) -> None:
+        """Start the worker, then (warm_up) the daemon's own warm-up, whose RSS is reported as the daemon's
+        after warm-up, then one untimed window per case in `warm` (the first one's peak RSS is reported as
+        load + one window)."""
         self.worker = Worker(MODULE, phase, args, log)
         first = self.call("loaded")
+        if warm_up and first is not None and (w := self.call("warm_up")) is not None:
+            self.info.update(rss_after_load_mb=first["rss_mb"], rss_after_warm_up_mb=w["rss_mb"],
+                             warm_up_seconds=w["seconds"])
+            self.memory.append({"name": f"{self.name}: load + Transcriber.warm_up() (as serve starts)",
+                                "rss_mb": w["rss_mb"], "peak_rss_mb": w["peak_rss_mb"],
+                                "after_load_rss_mb": first["rss_mb"]})
         for i, which in enumerate(warm):
             r = self.call("window", which=which)
             if r is not None and i == 0 and first is not None:
@@ -386,21 +477,29 @@ class Side:
         return {**self.info, **{k: _median_run(v) for k, v in self.runs.items()}}
 
 
-def run_sides(args: argparse.Namespace, bundle: Path | None, ckpt: Path, work: Path, params: int,
+def run_sides(args: argparse.Namespace, bundles: dict[str, Path], ckpt: Path, work: Path, params: int,
               notes: list[str]) -> dict[str, Any]:
-    """Load each side once and warm it up, then time it: alternating run by run when both fit in memory,
-    else one side after the other."""
+    """Load each side once and warm it up, then time it: ours (fp32, then INT8 when that bundle is there) and
+    transformers alternating run by run when both fit in memory, else one side after the other; then the
+    encoder alone, one dynamic session vs a session per bucket."""
     memory: list[dict[str, Any]] = []
     n = str(args.new_tokens)
-    ours = Side("inference, ours (ORT)", notes, memory)
+    cases = ("p2a", "segment", "padded")
+    ours = {prec: Side(f"inference, ours (ORT {prec})", notes, memory) for prec in bundles}
     ref = Side("inference, transformers", notes, memory)
-    if bundle is not None:  # warm: p2a loads the 3500 session, bucket the 500 one
-        ours.start("ours", ["--bundle", str(bundle), "--new-tokens", n], work / "ours.log", ["p2a", "bucket"],
-                   "inference, ours (ORT): bundle load + one 35 s window (bucket 3500 session only)")
+    encoder_only: dict[str, Any] = {}
+
+    def run_ours(prec: str, side: Side) -> None:
+        side.start("ours", ["--bundle", str(bundles[prec]), "--new-tokens", n], work / f"ours-{prec}.log", list(cases),
+                   f"inference, ours (ORT {prec}): load + warm-up + one 35 s window", warm_up=True)
+
     torch_need = 4 * params / MB * 1.15 + 1500  # fp32 weights + activations and libraries, MB
+    first = next(iter(ours), None)
+    if first is not None:
+        run_ours(first, ours[first])
     avail = meminfo_mb("MemAvailable")
     together = args.mode == "concurrent" or (args.mode == "auto" and avail > torch_need + 1500)
-    mode = "alternating, both loaded" if together or ours.worker is None else "sequential, one side at a time"
+    mode = "alternating, both loaded" if together or first is None else "sequential, one side at a time"
     notes.append(f"sides run {mode}: MemAvailable {avail:.0f} MB with ours loaded, transformers needs "
                  f"≈ {torch_need:.0f} MB")
 
@@ -408,52 +507,109 @@ def run_sides(args: argparse.Namespace, bundle: Path | None, ckpt: Path, work: P
         ref.start("reference", ["--checkpoint", str(ckpt), "--new-tokens", n], work / "reference.log", ["p2a"],
                   "inference, transformers: from_pretrained + one 35 s generate()")
 
-    ref_first = together or ours.worker is None
+    ref_first = together or first is None
     if ref_first:
         start_reference()
-    for _ in range(args.reps):
-        for which in ("p2a", "bucket", "padded"):
-            ours.time(which)
-        ref.time("p2a")
-    if args.profile and (prof := ours.call("profile")) is not None:
-        ours.info["ort_profile"] = {k: v for k, v in prof.items() if k not in ("rss_mb", "peak_rss_mb")}
-    ours.finish("both buckets loaded, all runs" + (" and the profiling sessions" if args.profile else ""))
+    for prec, side in ours.items():
+        if side.worker is None and prec != first:
+            run_ours(prec, side)
+        for _ in range(args.reps):
+            for which in cases:
+                side.time(which)
+            if ref_first and prec == first:
+                ref.time("p2a")
+        for frames in BUCKETS:
+            if (r := side.call("encoder", frames=frames, reps=args.reps)) is not None:
+                encoder_only.setdefault(f"dynamic {prec}", {})[str(frames)] = r
+        if prec == first and args.profile and (prof := side.call("profile")) is not None:
+            side.info["ort_profile"] = {k: v for k, v in prof.items() if k not in ("rss_mb", "peak_rss_mb")}
+        side.finish("all runs" + (" and the profiling sessions" if prec == first and args.profile else ""))
+    if "fp32" in bundles:  # the alternative: a session per bucket, each specialised to its frame count
+        buckets = Side("encoder, a session per bucket (fp32)", notes, memory)
+        buckets.start("buckets", ["--bundle", str(bundles["fp32"])], work / "buckets.log", [], "")
+        for frames in BUCKETS:
+            if (r := buckets.call("encoder", frames=frames, reps=args.reps)) is not None:
+                encoder_only.setdefault("bucket sessions fp32", {})[str(frames)] = r
+        buckets.finish("one session at a time")
     if not ref_first:
         start_reference()
         for _ in range(args.reps):
             ref.time("p2a")
     ref.finish("all runs")
-    return {"mode": mode, "ours": ours.results(), "reference": ref.results(), "memory": memory}
+    return {"mode": mode, **{f"ours_{p}": s.results() for p, s in ours.items()}, "reference": ref.results(),
+            "encoder_only": encoder_only, "memory": memory}
 
 
 def comparisons(sides: dict[str, Any], flops: dict[str, Any], peak: dict[str, Any]) -> list[dict[str, Any]]:
     """The P2/P3 ratios from the medians."""
-    ours, ref = sides["ours"], sides["reference"]
+    ref = sides["reference"]
     out = []
 
     def add(name: str, o: float, r: float, unit: str, ratio: float, goal: float | None) -> None:
         out.append({"name": name, "ours": round(o, 3), "reference": round(r, 3), "unit": unit,
                     "ratio": round(ratio, 3), "goal": goal, "met": None if goal is None else ratio >= goal})
 
-    if "p2a" in ours and "p2a" in ref:
-        o, r = ours["p2a"]["median_seconds"], ref["p2a"]["median_seconds"]
-        add("P2a: 35 s window, transformers generate() ÷ ours (ORT), same forced token count", o, r, "s", r / o,
-            1.5)
-    if "bucket" in ours:
-        o, r = ours["bucket"]["median_seconds"], ours["padded"]["median_seconds"]
-        add("P2b: 5 s segment, ours padded to 3500 frames ÷ ours with bucket 500 (whole window)", o, r, "s",
-            r / o, 3.0)
-        o, r = ours["bucket"]["median_stages_seconds"]["encoder"], ours["padded"]["median_stages_seconds"]["encoder"]
-        add("P2b (encoder stage only): padded 3500 ÷ bucket 500", o, r, "s", r / o, None)
+    for prec in ("fp32", "int8"):
+        ours = sides.get(f"ours_{prec}", {})
+        if "p2a" in ours and "p2a" in ref:
+            o, r = ours["p2a"]["median_seconds"], ref["p2a"]["median_seconds"]
+            add(f"P2a ({prec}): 35 s window, transformers generate() ÷ ours (ORT), same forced token count", o, r,
+                "s", r / o, 2.0)
+        if "segment" in ours and "padded" in ours:
+            o, r = ours["segment"]["median_seconds"], ours["padded"]["median_seconds"]
+            add(f"P2b ({prec}): 5 s segment, ours padded to 3500 frames (cross 438) ÷ ours at its 500 frames "
+                "(cross 63)", o, r, "s", r / o, 3.0)
+            o, r = ours["segment"]["median_stages_seconds"]["decoder"], ours["padded"]["median_stages_seconds"]["decoder"]
+            add(f"P2b ({prec}, decoder stage only): cross 438 ÷ cross 63", o, r, "s", r / o, None)
+    ours = sides.get("ours_fp32", {})
     pk = peak.get("peak_gflops")
     if pk and "p2a" in ours:
         gf = (flops["encoder"]["total"] + flops["export_extra"]) / ours["p2a"]["median_stages_seconds"]["encoder"] / 1e9
-        add("P3: ours (ORT) encoder GFLOP/s ÷ float32 matmul peak", gf, pk, "GFLOP/s", gf / pk, 0.6)
+        add("P3: ours (ORT fp32) encoder GFLOP/s ÷ float32 matmul peak", gf, pk, "GFLOP/s", gf / pk, 0.6)
     if pk and "p2a" in ref:
         gf = flops["encoder"]["total"] / ref["p2a"]["median_stages_seconds"]["encoder"] / 1e9
         add("P3 (reference): transformers encoder GFLOP/s ÷ float32 matmul peak", gf, pk, "GFLOP/s", gf / pk,
             None)
     return out
+
+
+def decision(enc: dict[str, Any], sides: dict[str, Any]) -> list[dict[str, Any]]:
+    """One dynamic encoder session vs a session per bucket: encoder seconds and session memory."""
+    dyn, buck = enc.get("dynamic fp32", {}), enc.get("bucket sessions fp32", {})
+    rows = []
+    for frames in BUCKETS:
+        d, b = dyn.get(str(frames)), buck.get(str(frames))
+        if d and b:
+            rows.append({"name": f"encoder alone, {frames} frames ({frames / 100:g} s): median s",
+                         "one dynamic session": d["median_seconds"], "session per bucket": b["median_seconds"],
+                         "bucket ÷ dynamic": round(b["median_seconds"] / d["median_seconds"], 3)})
+    ours = sides.get("ours_fp32", {})
+    sessions = [buck[str(f)]["session_rss_after_runs_mb"] for f in BUCKETS if str(f) in buck]
+    if "rss_after_warm_up_mb" in ours and len(sessions) == len(BUCKETS):
+        dyn_mb = ours["rss_after_warm_up_mb"] - ours["rss_after_load_mb"]
+        rows.append({"name": f"encoder session memory, MB (dynamic: warm-up RSS − load RSS; buckets "
+                             f"{', '.join(map(str, BUCKETS))}: each session's RSS after its runs, summed)",
+                     "one dynamic session": dyn_mb, "session per bucket": sum(sessions),
+                     "bucket ÷ dynamic": round(sum(sessions) / dyn_mb, 3) if dyn_mb > 0 else None})
+    return rows
+
+
+def goals(memory: list[dict[str, Any]], sides: dict[str, Any], weights_mb: dict[str, float]) -> list[dict[str, Any]]:
+    """Issue 17's memory goals: export peak RSS ≤ 12 GB; daemon RSS after warm-up ≤ 1.2 × its weights."""
+    rows = []
+    for m in memory:
+        if m["name"].startswith("export") and m.get("peak_rss_mb"):
+            gb = m["peak_rss_mb"] * MB / 1e9
+            rows.append({"name": f"{m['name']}: peak RSS (GB)", "value": round(gb, 2), "goal": "≤ 12",
+                         "met": gb <= 12.0})
+    for prec, w in weights_mb.items():
+        ours = sides.get(f"ours_{prec}", {})
+        if "rss_after_warm_up_mb" in ours and w:
+            ratio = ours["rss_after_warm_up_mb"] / w
+            rows.append({"name": f"daemon RSS after warm-up ({prec}): {ours['rss_after_warm_up_mb']} MB ÷ its "
+                                 f"weights {w:.0f} MB", "value": round(ratio, 3), "goal": "≤ 1.2",
+                         "met": ratio <= 1.2})
+    return rows
 
 
 def extrapolate(sides: dict[str, Any], flops: dict[str, Any], cfg_flops_full: dict[str, Any]) -> dict[str, Any]:
@@ -462,15 +618,15 @@ def extrapolate(sides: dict[str, Any], flops: dict[str, Any], cfg_flops_full: di
     scale = cfg_flops_full["total"] / flops["encoder"]["total"]
     seg_scale = cfg_flops_full["segment_total"] / flops["encoder_segment"]["total"]
     out: dict[str, Any] = {"encoder_time_scale_35s": round(scale, 3), "encoder_time_scale_5s": round(seg_scale, 3)}
-    for side, key, s in (("ours", "p2a", scale), ("reference", "p2a", scale), ("ours", "bucket", seg_scale),
+    for side, key, s in (("ours", "p2a", scale), ("reference", "p2a", scale), ("ours", "segment", seg_scale),
                          ("ours", "padded", scale)):
-        st = sides[side].get(key, {}).get("median_stages_seconds")
+        st = sides.get("ours_fp32" if side == "ours" else side, {}).get(key, {}).get("median_stages_seconds")
         if st:
             out[f"{side}_{key}_seconds"] = round(sum(st.values()) - st["encoder"] + s * st["encoder"], 2)
     if "ours_p2a_seconds" in out and "reference_p2a_seconds" in out:
         out["P2a_ratio"] = round(out["reference_p2a_seconds"] / out["ours_p2a_seconds"], 3)
-    if "ours_bucket_seconds" in out and "ours_padded_seconds" in out:
-        out["P2b_ratio"] = round(out["ours_padded_seconds"] / out["ours_bucket_seconds"], 3)
+    if "ours_segment_seconds" in out and "ours_padded_seconds" in out:
+        out["P2b_ratio"] = round(out["ours_padded_seconds"] / out["ours_segment_seconds"], 3)
     return out
 
 
@@ -484,10 +640,15 @@ def bundle_files(bundle: Path) -> dict[str, Any]:
             "unlisted_examples": sorted(extra)[:5]}
 
 
+def onnx_weights_mb(bundle: Path) -> float:
+    """The ONNX model files of a bundle (graphs and their external weights), MB: what the daemon loads."""
+    return sum(p.stat().st_size for p in (bundle / "onnx").iterdir() if p.is_file()) / MB
+
+
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     work = args.work / f"enc{args.encoder_layers}-dec{args.decoder_layers}"
     work.mkdir(parents=True, exist_ok=True)
-    ckpt, bundle = work / "checkpoint", work / "bundle"
+    ckpt = work / "checkpoint"
     notes: list[str] = []
     memory: list[dict[str, Any]] = []
     steps: dict[str, Any] = {}
@@ -510,31 +671,33 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit("building the checkpoint failed:\n" + "\n".join(r["log_tail"]))
     print(f"[full_shape] checkpoint: {steps['checkpoint'].get('seconds')} s", file=sys.stderr)
 
-    if args.reuse and (bundle / "manifest.json").exists():
-        steps["export"] = {"reused": str(bundle)}
-    else:
-        shutil.rmtree(bundle, ignore_errors=True)
-        cmd = [sys.executable, "-m", "exporter", "--checkpoint", str(ckpt), "--out", str(bundle), "--backends", "onnx",
-               "--buckets", ",".join(map(str, BUCKETS))]
-        steps["export"] = measure(cmd, work / "export.log", args.export_timeout)
-        memory.append({"name": "export (python -m exporter, onnx, buckets 500 and 3500)",
-                       "peak_rss_mb": steps["export"]["peak_rss_mb"]})
-        if steps["export"]["rc"] != 0:
-            notes.append(f"export failed (exit {steps['export']['rc']}); see steps.export.log_tail")
-    print(f"[full_shape] export: {steps['export']}", file=sys.stderr)
-    ok = (bundle / "manifest.json").exists()
+    bundles: dict[str, Path] = {}
+    for prec in ("fp32", "int8") if args.int8 else ("fp32",):
+        bundle = work / ("bundle" if prec == "fp32" else f"bundle-{prec}")
+        key = "export" if prec == "fp32" else f"export_{prec}"
+        if args.reuse and (bundle / "manifest.json").exists():
+            steps[key] = {"reused": str(bundle)}
+        else:
+            shutil.rmtree(bundle, ignore_errors=True)
+            cmd = [sys.executable, "-m", "exporter", "--checkpoint", str(ckpt), "--out", str(bundle), "--backends",
+                   "onnx", *(["--onnx-precision", prec] if prec != "fp32" else [])]
+            steps[key] = measure(cmd, work / f"{key}.log", args.export_timeout)
+            memory.append({"name": f"export (python -m exporter --backends onnx{' --onnx-precision ' + prec if prec != 'fp32' else ''}"
+                                   "; weights streamed to disk)", "peak_rss_mb": steps[key]["peak_rss_mb"],
+                           "seconds": steps[key]["seconds"]})
+            if steps[key]["rc"] != 0:
+                notes.append(f"{key} failed (exit {steps[key]['rc']}); see steps.{key}.log_tail")
+        print(f"[full_shape] {key}: {steps[key]}", file=sys.stderr)
+        if (bundle / "manifest.json").exists():
+            bundles[prec] = bundle
+            steps[f"bundle_files_{prec}"] = bundle_files(bundle)
     cfg = full_config(args.encoder_layers, args.decoder_layers)
     flops: dict[str, Any] = {"encoder": encoder_flops(cfg.encoder_config, BUCKETS[-1]),
                              "encoder_segment": encoder_flops(cfg.encoder_config, int(SEGMENT_S * 100)),
                              "export_extra": export_extra_flops(cfg, -(-BUCKETS[-1] // 8))}
-    # ONNX Runtime folds the positional encoding and linear_pos (input-independent at a fixed frame count)
-    # into constants at session load, so it executes that much less than the model's count.
-    flops["ort_executed_encoder_graph_3500"] = (flops["encoder"]["total"] + flops["export_extra"]
-                                                - args.encoder_layers * flops["encoder"]["per_layer_parts"]["linear_pos"])
-    if ok:
-        steps["bundle_files"] = bundle_files(bundle)
-        flops["onnx_graph_encoder_3500"] = graph_flops(bundle / "onnx" / f"encoder_{BUCKETS[-1]}.onnx")
-    sides = run_sides(args, bundle if ok else None, ckpt, work, steps["checkpoint"]["params"], notes)
+    if "fp32" in bundles:  # the dynamic graph counted at 3500 frames (its linear_pos runs: nothing is folded)
+        flops["onnx_graph_encoder_3500"] = graph_flops(bundles["fp32"] / "onnx" / "encoder.onnx", BUCKETS[-1])
+    sides = run_sides(args, bundles, ckpt, work, steps["checkpoint"]["params"], notes)
     memory += sides.pop("memory")
     peak = steps["peak"]
     result = {
@@ -546,6 +709,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                   "buckets": list(BUCKETS), "new_tokens": args.new_tokens, "reps": args.reps,
                   "audio": "seeded Gaussian noise, std 0.05"},
         "comparisons": comparisons(sides, flops, peak),
+        "goals": goals(memory, sides, {p: onnx_weights_mb(b) for p, b in bundles.items()}),
+        "encoder_dynamic_vs_buckets": decision(sides["encoder_only"], sides),
         "memory": memory,
         "stages": sides,
         "flops": flops,
@@ -571,6 +736,8 @@ def run_phase(args: argparse.Namespace) -> None:
     """Inside a subprocess: one phase."""
     if args.phase == "ours":
         serve(Ours(args.bundle, args.new_tokens))
+    elif args.phase == "buckets":
+        serve(Buckets(args.bundle))
     elif args.phase == "reference":
         serve(Reference(args.checkpoint, args.new_tokens))
     else:
@@ -588,6 +755,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=("auto", "concurrent", "sequential"), default="auto",
                     help="whether both sides stay loaded and alternate (auto: when memory allows)")
     ap.add_argument("--no-profile", dest="profile", action="store_false", help="skip ORT per-op profiling")
+    ap.add_argument("--int8", action="store_true",
+                    help="also export and time an INT8 bundle (--onnx-precision int8), side by side with fp32")
     ap.add_argument("--export-timeout", type=float, default=3600.0, help="seconds before the export is killed")
     ap.add_argument("--memory-floor-mb", type=float, default=1500.0,
                     help="kill our subprocesses when MemAvailable falls below this")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import types
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,6 +48,12 @@ class EncoderExport(nn.Module):
         return h, cross_k, cross_v
 
 
+def _scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """q·keysᵀ (1, H, T, S) for q (1, H, T, D) and keys (1, H, S, D), computed as (keys·qᵀ)ᵀ: the large operand
+    is read in its own row-major layout (ONNX Runtime's q·keysᵀ transposed a copy of the keys first)."""
+    return torch.matmul(keys, q.transpose(-1, -2)).transpose(-1, -2)
+
+
 MASK_VALUE = -1e4  # the manifest's additive mask value: finite, so FP16 never sees -inf
 
 
@@ -58,7 +65,7 @@ class DecoderStepExport(nn.Module):
     and causally to the new tokens themselves, so the cache is read once and never rewritten inside the graph.
     """
 
-    def __init__(self, model: nn.Module, cache_capacity: int) -> None:
+    def __init__(self, model: nn.Module, cache_capacity: int, per_layer: bool = False) -> None:
         super().__init__()
         self.decoder = model.model.decoder
         self.proj_out = model.proj_out
@@ -66,10 +73,24 @@ class DecoderStepExport(nn.Module):
         self.head_dim = model.config.head_dim
         self.scale = self.head_dim**-0.5
         self.capacity = cache_capacity
+        self.per_layer = per_layer  # inputs as contract.decoder_tensors(per_layer=True) orders them
 
-    def forward(self, input_id: torch.Tensor, position: torch.Tensor, self_k: torch.Tensor, self_v: torch.Tensor,
-                self_mask: torch.Tensor, cross_k: torch.Tensor, cross_v: torch.Tensor, cross_mask: torch.Tensor
+    def forward(self, input_id: torch.Tensor, position: torch.Tensor, *state: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """state: self_k, self_v, self_mask, cross_k, cross_v, cross_mask (stacked over layers), or with
+        per_layer: self_mask, cross_mask, then L self_k, L self_v, L cross_k and L cross_v tensors."""
+        if not self.per_layer:
+            self_k, self_v, self_mask, cross_k, cross_v, cross_mask = state
+            return self.tokens(input_id, position, self_k, self_v, self_mask, cross_k, cross_v, cross_mask)
+        n = len(self.decoder.layers)
+        self_mask, cross_mask, *caches = state
+        sk, sv, ck, cv = (caches[i * n:(i + 1) * n] for i in range(4))
+        return self.tokens(input_id, position, sk, sv, self_mask, ck, cv, cross_mask)
+
+    def tokens(self, input_id: torch.Tensor, position: torch.Tensor, self_k: Any, self_v: Any,
+               self_mask: torch.Tensor, cross_k: Any, cross_v: Any, cross_mask: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The T tokens through every layer; self_k ... cross_v: stacked tensors or per-layer sequences."""
         dec = self.decoder
         h_, d_, c_ = self.n_heads, self.head_dim, self.capacity
         x = dec.embed_tokens(input_id) + dec.pos_emb(position)[None]  # (1, T, d_model)
@@ -88,14 +109,14 @@ class DecoderStepExport(nn.Module):
             sa, ca = layer.self_attn, layer.encoder_attn
             h = layer.input_layernorm(x)
             q, k, v = heads(sa.q_proj(h)), heads(sa.k_proj(h)), heads(sa.v_proj(h))
-            scores = torch.cat([torch.matmul(q, self_k[i].transpose(-1, -2)) * self.scale + cache_mask,
+            scores = torch.cat([_scores(q, self_k[i]) * self.scale + cache_mask,
                                 torch.matmul(q, k.transpose(-1, -2)) * self.scale + new_mask], dim=-1)
             p = torch.softmax(scores, dim=-1)  # (1, H, T, C + T)
             a = torch.matmul(p[..., :c_], self_v[i]) + torch.matmul(p[..., c_:], v)
             x = x + sa.o_proj(a.transpose(1, 2).reshape(1, -1, h_ * d_))
             h = layer.post_attention_layernorm(x)
             q = heads(ca.q_proj(h))
-            p = torch.softmax(torch.matmul(q, cross_k[i].transpose(-1, -2)) * self.scale + cross_mask, dim=-1)
+            p = torch.softmax(_scores(q, cross_k[i]) * self.scale + cross_mask, dim=-1)
             x = x + ca.o_proj(torch.matmul(p, cross_v[i]).transpose(1, 2).reshape(1, -1, h_ * d_))
             x = x + layer.mlp(layer.final_layernorm(x))
             new_k.append(k)

@@ -95,8 +95,8 @@ def test_checksum_mismatch(broken: Path, wav: Path) -> None:
 
 
 def test_missing_model_file(broken: Path, wav: Path) -> None:
-    (broken / "onnx/encoder_1000.onnx").unlink()
-    one_line_error(run(str(wav), "--model", str(broken)), "missing onnx/encoder_1000.onnx")
+    (broken / "onnx/encoder.onnx").unlink()
+    one_line_error(run(str(wav), "--model", str(broken)), "missing onnx/encoder.onnx")
 
 
 def test_missing_bundle(tmp_path: Path, wav: Path) -> None:

@@ -89,7 +89,7 @@ def test_export_of_a_128_position_decoder_uses_what_the_cache_leaves(tmp_path: P
     tr = load_transcriber(out, "onnx", dither=0.0)
     x = np.random.default_rng(0).normal(0, 0.1, 16000 * 3).astype(np.float32)
     _, res = tr.transcribe_window(x, DecodeOptions(ignore_eos=True))  # the default budget fills the cache
-    assert len(res.tokens) == 118 and res.n_steps == 128 - 1
+    assert len(res.tokens) == 118 and res.n_steps == 1 + 118 - 1  # the prompt prefill, then 117 steps
 
     bad = subprocess.run([sys.executable, "-m", "exporter", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x"),
                           "--backends", "onnx", "--buckets", "500,1000"], capture_output=True, text=True, timeout=600)

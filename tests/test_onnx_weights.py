@@ -87,3 +87,48 @@ def test_graphs_staged_apart_keep_their_own_same_named_tensors(tmp_path):
     for g, ref in zip(graphs, before, strict=True):
         np.testing.assert_array_equal(_run(g, x), ref)
     assert sorted(p.name for p in out.iterdir()) == ["g0.onnx", "g1.onnx", "weights.bin"]
+
+
+def test_write_graph_streams_the_tensors_beside_the_graph(tmp_path):
+    """A graph written without its weights (as torch's exporter does with export_params=False: parameters are
+    graph inputs) gets them as initializers, the large ones in `<graph>.data` at page-aligned offsets; the graph
+    computes what the inline one does, and share_weights moves them into the bundle's file from there."""
+    from exporter.onnx_weights import write_graph
+
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)  # 256 B: stays inline
+    extra = rng.standard_normal((2, 64)).astype(np.float32)
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    _graph(tmp_path / "inline.onnx", w, b, extra)
+    want = _run(tmp_path / "inline.onnx", x)
+    bare = onnx.load(str(tmp_path / "inline.onnx"))
+    del bare.graph.initializer[:]
+    bare.graph.input.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape)
+                             for n, a in (("w", w), ("b", b), ("extra", extra))])
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    size = write_graph(bare, iter([("w", w), ("b", b), ("extra", extra)]), stage / "g.onnx", min_bytes=512)
+
+    assert w.nbytes % ALIGN == 0 and size == w.nbytes + extra.nbytes  # w (4 pages), then extra on the next page
+    model = onnx.load(str(stage / "g.onnx"), load_external_data=False)
+    assert [i.name for i in model.graph.input] == ["x"]
+    ext = {i.name: {e.key: e.value for e in i.external_data} for i in model.graph.initializer
+           if i.data_location == TensorProto.EXTERNAL}
+    assert ext == {"w": {"location": "g.onnx.data", "offset": "0", "length": str(w.nbytes)},
+                   "extra": {"location": "g.onnx.data", "offset": str(w.nbytes), "length": str(extra.nbytes)}}
+    np.testing.assert_array_equal(_run(stage / "g.onnx", x), want)
+    out = tmp_path / "bundle"
+    out.mkdir()
+    share_weights([out / "g.onnx"], out / "weights.bin", min_bytes=512, sources=[stage / "g.onnx"])
+    np.testing.assert_array_equal(_run(out / "g.onnx", x), want)
+    assert sorted(p.name for p in out.iterdir()) == ["g.onnx", "weights.bin"]
+
+
+def test_share_weights_refuses_to_overwrite_what_it_reads(tmp_path):
+    _graph(tmp_path / "g.onnx", np.eye(64, dtype=np.float32), np.zeros(64, np.float32), np.zeros((2, 64), np.float32))
+    model = onnx.load(str(tmp_path / "g.onnx"))
+    onnx.save_model(model, str(tmp_path / "g.onnx"), save_as_external_data=True, location="weights.bin",
+                    size_threshold=0)
+    with pytest.raises(ValueError, match="would overwrite"):
+        share_weights([tmp_path / "g.onnx"], tmp_path / "weights.bin")

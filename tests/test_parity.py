@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,6 +65,8 @@ def test_greedy_tokens_and_logprobs_match_generate(preset, tiny_bundles, tiny_ch
         prompt, res = tr.transcribe_window(x, DecodeOptions(language=lang, punctuation=pnc, max_new_tokens=MAX_NEW))
         assert prompt == prompt_ids(sp, lang, pnc)
         assert list(res.tokens) == ref_tokens, f"clip {i} ({len(x) / 16000:.1f} s, {lang})"
+        # the prompt went in as one prefill call: 1 call, then one per token fed back (and the one that says EOS)
+        assert res.n_steps == 1 + len(res.tokens) - (res.stop_reason == "max_new_tokens")
         worst = max(worst, float(np.abs(np.array(res.logprobs) - np.array(ref_lp)).max(initial=0.0)))
         outputs.append(res.tokens)
         stops.add(res.stop_reason)
@@ -70,6 +75,31 @@ def test_greedy_tokens_and_logprobs_match_generate(preset, tiny_bundles, tiny_ch
     assert worst <= 1e-3
     assert len(set(outputs)) >= 15, "the test model must be audio-sensitive"
     assert stops == {"eos", "max_new_tokens"}  # both ways of stopping are exercised
+
+
+def _without_prefill(bundle: Path, dest: Path) -> Path:
+    """A copy of a bundle whose manifest has no prefill graphs: what a bundle exported before them looks like."""
+    shutil.copytree(bundle, dest)
+    m = json.loads((dest / "manifest.json").read_text())
+    for spec in m["backends"].values():
+        del spec["prefill"]
+    (dest / "manifest.json").write_text(json.dumps(m))
+    return dest
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_prefill_gives_the_steps_tokens_and_old_bundles_still_decode(preset, tiny_bundles, clips, tmp_path) -> None:
+    """The prompt in one prefill call vs fed step by step (a bundle without prefill graphs): identical tokens,
+    log-probs within 1e-4, and nine decoder calls fewer per window."""
+    new = load_transcriber(str(tiny_bundles[preset]), "onnx", dither=0.0)
+    old = load_transcriber(str(_without_prefill(tiny_bundles[preset], tmp_path / "old")), "onnx", dither=0.0)
+    assert new.backend.prefill_accepts(10) and not old.backend.prefill_accepts(10)
+    for i, x in enumerate(clips[::4]):
+        options = DecodeOptions(language=LANGS[i % len(LANGS)], max_new_tokens=MAX_NEW)
+        (prompt, a), (_, b) = new.transcribe_window(x, options), old.transcribe_window(x, options)
+        assert a.tokens == b.tokens and a.stop_reason == b.stop_reason
+        assert np.abs(np.array(a.logprobs) - np.array(b.logprobs)).max(initial=0.0) <= 1e-4
+        assert b.n_steps - a.n_steps == len(prompt) - 1
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -151,7 +181,9 @@ def test_loop_guard_stops_a_repeating_decode(tiny_bundles) -> None:
     assert cut.tokens == (5, 6, 7) and len(cut.logprobs) == 3 and cut.stop_reason == "repetition"
 
 
-def test_warm_up_runs_every_bucket(tiny_bundles) -> None:
+def test_warm_up_loads_the_one_onnx_encoder_session(tiny_bundles) -> None:
+    """ONNX: one encoder session (dynamic frame axis) serves every window; warm-up loads it, nothing else."""
     tr = load_transcriber(str(tiny_bundles["a"]), "onnx", dither=0.0)
+    assert tr.bundle.buckets == (1000, 3500)  # Core ML's buckets; the ONNX files have one encoder
     tr.warm_up()
-    assert set(tr.backend._encoders) == {1000, 3500}
+    assert set(tr.backend._encoders) == {3500}

@@ -21,8 +21,10 @@ from daemon.errors import BundleError
 from daemon.model.features import FeatureParams
 
 FORMAT = "cohere-transcribe-bundle"
-FORMAT_VERSION = 2  # 2: a graph may name a function of a multifunction package (the Core ML encoder)
-READS_VERSIONS = (1, 2)  # version 1 (one package per Core ML encoder bucket) is read as well
+FORMAT_VERSION = 3  # 3: dynamic axes (-1): one ONNX encoder for any window, the decoder's cross axis
+# 2: a graph may name a function of a multifunction package (the Core ML encoder); 1: a package per bucket
+READS_VERSIONS = (1, 2, 3)
+ANY = -1  # a dimension declared -1 takes any size
 CONTRACT = "cohere-cache-external-v1"
 
 
@@ -31,7 +33,7 @@ class TensorSpec:
     """One model input or output as the manifest declares it."""
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # ANY (-1): a dynamic axis
     dtype: str  # numpy dtype name: float32, float16, int32, int64
 
 
@@ -52,11 +54,21 @@ class GraphSpec:
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """The files of one backend: an encoder per frame bucket and one decoder step."""
+    """The files of one backend: an encoder per frame bucket, one decoder step, and optionally the prompt
+    prefill (the decoder with a token axis: the prompt in one call; None in bundles exported before it)."""
 
     precision: str
-    encoders: dict[int, GraphSpec]  # input frames -> encoder
+    encoders: dict[int, GraphSpec]  # input frames -> encoder; one dynamic encoder: the full window -> it
     decoder: GraphSpec
+    prefill: GraphSpec | None = None
+
+    @property
+    def dynamic_encoder(self) -> GraphSpec | None:
+        """The encoder that takes any frame count up to the full window (its frame axis is -1), or None when
+        the backend has an encoder per bucket."""
+        (graph, *more) = self.encoders.values()
+        dynamic = not more and any(t.shape[-1] == ANY for t in graph.inputs if t.name == "input_features")
+        return graph if dynamic else None
 
 
 @dataclass(frozen=True)
@@ -160,7 +172,8 @@ def _check_files(root: Path, m: dict[str, Any]) -> None:
     files: dict[str, str] = m["files"]
     if not isinstance(files, dict):
         raise TypeError("files must map paths to SHA-256 digests")
-    graphs = [g["file"] for b in m["backends"].values() for g in [*b["encoders"].values(), b["decoder"]]]
+    graphs = [g["file"] for b in m["backends"].values()
+              for g in [*b["encoders"].values(), b["decoder"], *([b["prefill"]] if "prefill" in b else [])]]
     for rel in [*files, m["tokenizer"], m["audio"]["mel_filters"], m["audio"]["window"], *graphs]:
         _check_inside(root, rel)
         if not (root / rel).exists():
@@ -211,7 +224,11 @@ def _parse(root: Path, m: dict[str, Any]) -> Bundle:
     if not buckets:
         raise ValueError("the encoder has no frame buckets")
     for name, b in backends.items():
-        if set(b.encoders) != set(buckets):
+        if b.dynamic_encoder is not None:
+            if set(b.encoders) != {buckets[-1]}:
+                raise ValueError(f"backend {name}'s dynamic encoder is declared for {sorted(b.encoders)} frames, "
+                                 f"the full window is {buckets[-1]}")
+        elif set(b.encoders) != set(buckets):
             raise ValueError(f"backend {name} has encoders for {sorted(b.encoders)}, buckets are {list(buckets)}")
     return Bundle(
         root=root,
@@ -257,6 +274,7 @@ def _backend(root: Path, b: dict[str, Any], files: dict[str, str]) -> BackendSpe
         precision=str(b["precision"]),
         encoders={int(f): _graph(root, g, files) for f, g in b["encoders"].items()},
         decoder=_graph(root, b["decoder"], files),
+        prefill=_graph(root, b["prefill"], files) if "prefill" in b else None,
     )
 
 

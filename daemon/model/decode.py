@@ -131,6 +131,10 @@ def greedy_decode(
         cross_k, cross_v, cross_mask = cross_inputs(bundle, enc, n_enc_valid, backend.cache_dtype, length)
         cross = {"cross_k": cross_k, "cross_v": cross_v, "cross_mask": cross_mask}
     self_mask = np.full((1, 1, 1, cap), bundle.mask_value, np.float32)
+    # The stacked arrays and per-layer views of them (self_k_0 ...): each graph reads the names it declares
+    # (a per-layer input costs no copy in the graph; the views cost none here, and they see every write).
+    state = {"self_k": self_k, "self_v": self_v, "self_mask": self_mask, **cross}
+    state |= layer_views({k: v for k, v in state.items() if k in STACKED}, bundle.n_layers)
     bias = bundle.eos_logit_bias if options.eos_logit_bias is None else options.eos_logit_bias
     eos = bundle.eos_id
 
@@ -138,8 +142,7 @@ def greedy_decode(
         """ids at positions pos, pos+1, ... into the cache; the logits after the last of them."""
         n = len(ids)
         self_mask[..., pos : pos + n] = 0.0
-        feeds = {"input_id": np.array([ids]), "position": np.arange(pos, pos + n),
-                 "self_k": self_k, "self_v": self_v, "self_mask": self_mask, **cross}
+        feeds = {"input_id": np.array([ids]), "position": np.arange(pos, pos + n), **state}
         out = backend.decoder_prefill(feeds) if n > 1 else backend.decoder_step(feeds)
         self_k[:, :, :, pos : pos + n] = out["new_k"]
         self_v[:, :, :, pos : pos + n] = out["new_v"]
@@ -176,6 +179,14 @@ def greedy_decode(
                     "%d positions) before the end of its transcript: the text is cut short", max_new_tokens,
                     len(prompt), cap)
     return DecodeResult(tuple(tokens), tuple(logprobs), stop, n_steps)
+
+
+STACKED = ("self_k", "self_v", "cross_k", "cross_v")  # (n_layers, ...) arrays a graph may take per layer
+
+
+def layer_views(arrays: dict[str, npt.NDArray[np.generic]], n_layers: int) -> dict[str, npt.NDArray[np.generic]]:
+    """name_i -> arrays[name][i] for every layer i: views, no copies."""
+    return {f"{name}_{i}": a[i] for name, a in arrays.items() for i in range(n_layers)}
 
 
 def _prefills(backend: Backend, n_tokens: int) -> bool:

@@ -24,8 +24,8 @@ from daemon.model.decode import (
     resolve_max_new_tokens,
 )
 from daemon.model.features import log_mel, pad_frames
-from daemon.model.segment import Segment
 from daemon.model.fluidaudio_vocab import open_tokenizer
+from daemon.model.segment import Segment
 from daemon.model.tokenizer import Tokenizer
 
 
@@ -44,11 +44,11 @@ class Transcriber:
         return self.features.sample_rate
 
     def pick_bucket(self, n_valid: int) -> int:
-        """The smallest encoder frame bucket that holds n_valid frames."""
-        for b in self.bundle.buckets:
-            if n_valid <= b:
-                return b
-        raise AudioError(f"a window of {n_valid} frames is longer than the model's {self.bundle.buckets[-1]}")
+        """The frames the encoder takes for n_valid frames: n_valid itself where the encoder takes any length
+        (ONNX), else the smallest bucket that holds them."""
+        if n_valid > self.bundle.window_frames:
+            raise AudioError(f"a window of {n_valid} frames is longer than the model's {self.bundle.window_frames}")
+        return self.backend.input_frames(n_valid)
 
     def transcribe_window(self, samples: npt.NDArray[np.float32], options: DecodeOptions,
                           on_token: Callable[[int], None] | None = None,
@@ -74,7 +74,8 @@ class Transcriber:
         """Run every encoder bucket and a few decoder steps once, so the first caption pays no load or compile
         cost (Core ML compiles for the Neural Engine on first use)."""
         n_mels = self.features.n_mels
-        *smaller, full = self.bundle.buckets
+        dynamic = self.backend.spec.dynamic_encoder is not None  # one session: the full window warms it
+        *smaller, full = (self.bundle.window_frames,) if dynamic else self.bundle.buckets
         for frames in smaller:
             self.backend.encode(np.zeros((1, n_mels, frames), np.float32), frames)
         enc = self.backend.encode(np.zeros((1, n_mels, full), np.float32), full)
