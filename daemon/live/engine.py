@@ -247,7 +247,7 @@ class CaptionEngine:
         if "falling_behind" not in self.problems:
             if lag >= self.lag_warn_s and self.jobs.finals_waiting:
                 msg = (f"captions are {lag:.1f} s behind the audio: the model decodes slower than real time "
-                       f"({self.jobs.finals_waiting + self.jobs.busy} finals to go); partials come less often, "
+                       f"({len(self._closed_at)} finals to go); partials come less often, "
                        "every final will come")
                 self.problems["falling_behind"] = msg
                 log.warning(msg)
