@@ -196,7 +196,8 @@ def _decoder_limits(doc: Doc) -> Lines:
                        v["ratio_to_floor_read_bw"], v["ratio_to_floor_read_bw_with_kv"]] for k, v in limits.items()])
     if doc.get("host_loop"):
         out += ["Host loop: `greedy_decode` (prompt prefill, then single steps, through Backend's input checks) vs "
-                "bare `session.run` of the same step:", ""]
+                "bare `session.run` of the same step, alternating; host ms: `greedy_decode` over a session that "
+                "answers at once:", ""]
         out += table(["graph", "greedy_decode ms per call", "session.run ms per call", "host ms per call",
                       "host share"],
                      [[k, v["greedy_decode_ms_per_call"], v["session_run_ms_per_call"], v["host_ms_per_call"],

@@ -82,10 +82,13 @@ def cross_inputs(bundle: Bundle, enc: EncoderOutput, n_enc_valid: int, dtype: np
     if enc.cross_k is None or enc.cross_v is None:
         raise ValueError("this encoder output has no cross K/V (FluidAudio's contract: encoder_state_inputs)")
     n_layers, _, n_heads, t, head_dim = enc.cross_k.shape
-    k = np.zeros((n_layers, 1, n_heads, x, head_dim), dtype)
-    v = np.zeros_like(k)
-    k[:, :, :, :t] = enc.cross_k
-    v[:, :, :, :t] = enc.cross_v
+    if x == t and enc.cross_k.dtype == dtype and enc.cross_v.dtype == dtype:
+        k, v = enc.cross_k, enc.cross_v  # a dynamic cross axis: the encoder's own arrays, no copy
+    else:
+        k = np.zeros((n_layers, 1, n_heads, x, head_dim), dtype)
+        v = np.zeros_like(k)
+        k[:, :, :, :t] = enc.cross_k
+        v[:, :, :, :t] = enc.cross_v
     mask = np.full((1, 1, 1, x), bundle.mask_value, np.float32)
     mask[..., :n_enc_valid] = 0.0
     return k, v, mask

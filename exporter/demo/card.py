@@ -2,9 +2,10 @@
 
     python -m exporter.demo.card [--checkpoint models/demo-checkpoint] [--bundle models/demo]
         [--eval models/demo-checkpoint/evaluation.json] [--coreml-eval models/demo-checkpoint/evaluation-coreml.json]
+        [--int8-eval models/demo-checkpoint/evaluation-int8.json]
 
 The evaluation JSON is what `python -m exporter.demo.evaluate --out FILE` writes (the Core ML one: with
-`--backend coreml-reference`); nothing here is typed in by hand, so the card always states what was measured
+`--backend coreml-reference`, the INT8 one: with `--onnx-precision int8`); nothing here is typed in by hand, so the card always states what was measured
 for the files beside it.
 """
 
@@ -114,8 +115,43 @@ Reproduce: `{coreml['command']}` (and the ONNX command above).
 """
 
 
+def _pooled(results: list[dict], n: int) -> float:
+    """WER in percent over all sets, each weighted by its words (every set of a language speaks the same
+    sentences)."""
+    words = {lang: sum(len(t.split()) for t in grammar.demo_heldout(lang)[:n]) for lang in grammar.LANGUAGES}
+    return 100 * sum(r["wer"] * words[r["lang"]] for r in results) / sum(words[r["lang"]] for r in results)
+
+
+def int8_section(evaluation: dict, int8: dict) -> str:
+    """An INT8 ONNX export of the same checkpoint (`--onnx-precision int8`) next to the FP32 ONNX files."""
+    fp32 = {(r["lang"], r["voice"]): r for r in evaluation["results"]}
+    rows, diffs = [], []
+    for r in int8["results"]:
+        o = fp32[(r["lang"], r["voice"])]
+        diffs.append(100 * (r["wer"] - o["wer"]))
+        rows.append(f"| {r['lang']} | {r['voice']} | {r['n']} | {100 * o['wer']:.2f} % | {100 * r['wer']:.2f} % "
+                    f"| {diffs[-1]:+.2f} |")
+    n = int8["results"][0]["n"]
+    a, b = _pooled(evaluation["results"], n), _pooled(int8["results"], n)
+    rows.append(f"| all | all sets, pooled by words | {sum(r['n'] for r in int8['results'])} | {a:.2f} % | "
+                f"{b:.2f} % | {b - a:+.2f} |")
+    table = "\n".join(rows)
+    return f"""## INT8 ONNX files vs FP32 ONNX files
+The same checkpoint exported with `--onnx-precision int8` (exporter/quantize.py: decoder MatMul/Gemm weights INT8
+with one scale per output channel and activations quantized per call; encoder MatMul weights INT8 in blocks of
+32; the CPU option, not what this bundle ships), on the same test clips, through `python -m daemon transcribe`:
+
+| language | voices | sentences | WER, FP32 | WER, INT8 | difference (points) |
+|---|---|---|---|---|---|
+{table}
+
+Largest difference in one set: {max(diffs, key=abs):+.2f} points (goal: within 0.5 on every set); all sets pooled:
+{b - a:+.2f} points. Reproduce: `{int8['command']}` (and the FP32 command above).
+"""
+
+
 def render(training: dict, evaluation: dict, config: dict, bundle: Path, params: int,
-           coreml: dict | None = None) -> str:
+           coreml: dict | None = None, int8: dict | None = None) -> str:
     enc, dec = config["encoder_config"], config
     size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file() and p.name != "MODEL_CARD.md")
     data = training["data"]
@@ -165,7 +201,8 @@ Through `python -m daemon transcribe` on the ONNX bundle (not torch), greedy, no
 
 English audio decoded with the Spanish prompt gives different tokens on {pm['different_tokens']}/{pm['clips']} clips.
 Reproduce: `{evaluation['command']}`.
-""" + ("" if coreml is None else "\n" + coreml_section(evaluation, coreml))
+""" + ("" if coreml is None else "\n" + coreml_section(evaluation, coreml)) + \
+        ("" if int8 is None else "\n" + int8_section(evaluation, int8))
 
 
 def main() -> None:
@@ -175,14 +212,18 @@ def main() -> None:
     ap.add_argument("--eval", type=Path, help="evaluate.py JSON (default: CHECKPOINT/evaluation.json)")
     ap.add_argument("--coreml-eval", type=Path,
                     help="evaluate.py --backend coreml-reference JSON (default: CHECKPOINT/evaluation-coreml.json)")
+    ap.add_argument("--int8-eval", type=Path,
+                    help="evaluate.py --onnx-precision int8 JSON (default: CHECKPOINT/evaluation-int8.json)")
     args = ap.parse_args()
     training = json.loads((args.checkpoint / "training.json").read_text())
     evaluation = json.loads((args.eval or args.checkpoint / "evaluation.json").read_text())
     config = json.loads((args.checkpoint / "config.json").read_text())
     coreml_path = args.coreml_eval or args.checkpoint / "evaluation-coreml.json"
     coreml = json.loads(coreml_path.read_text()) if coreml_path.is_file() else None
+    int8_path = args.int8_eval or args.checkpoint / "evaluation-int8.json"
+    int8 = json.loads(int8_path.read_text()) if int8_path.is_file() else None
     (args.bundle / "MODEL_CARD.md").write_text(render(training, evaluation, config, args.bundle,
-                                                      parameter_count(args.checkpoint), coreml))
+                                                      parameter_count(args.checkpoint), coreml, int8))
     print(f"wrote {args.bundle / 'MODEL_CARD.md'}")
 
 

@@ -1,13 +1,17 @@
 """Measure the demo model through the daemon: held-out sentences → espeak-ng → `python -m daemon transcribe`.
 
-    python -m exporter.demo.evaluate [--model models/demo] [--backend onnx] [--n 60] [--seed 7] [--out FILE.json]
+    python -m exporter.demo.evaluate [--model models/demo] [--backend onnx] [--onnx-precision fp32|int8] [--n 60]
+        [--seed 7] [--out FILE.json]
 
 Per language (en, es): WER on sentences never seen in training spoken by training voices, and by a voice
 variant never used in training; the same sentences three to a clip with pauses between them (one window of
 several sentences, as `transcribe` without --vad and long utterances give); plus a check that the language
 prompt matters (English audio decoded with the Spanish prompt gives other tokens). It runs the daemon's own
 command line on the bundle's ONNX files (or `--backend coreml-reference`: its Core ML files through the
-reference evaluator, several times slower: about 12 min for the whole set), not torch.
+reference evaluator, several times slower: about 12 min for the whole set), not torch. `--onnx-precision int8`
+first exports the bundle's checkpoint (--checkpoint, default models/demo-checkpoint) with
+`python -m exporter --backends onnx --onnx-precision int8` and the bundle's buckets to a temporary folder, and
+measures that.
 """
 
 from __future__ import annotations
@@ -74,17 +78,32 @@ def prompt_matters(model: str, wavs: list[Path], backend: str = "onnx") -> dict:
     return {"clips": len(wavs), "different_tokens": sum(a != b for a, b in zip(en, es, strict=True))}
 
 
+def export_int8(checkpoint: str, bundle: str, out: Path) -> str:
+    """An INT8 ONNX export of `checkpoint` with the buckets of `bundle`, in `out`; returns its path."""
+    buckets = json.loads((Path(bundle) / "manifest.json").read_text())["encoder"]["buckets"]
+    subprocess.run([sys.executable, "-m", "exporter", "--checkpoint", checkpoint, "--out", str(out), "--backends",
+                    "onnx", "--onnx-precision", "int8", "--buckets", ",".join(map(str, buckets))],
+                   check=True, capture_output=True, cwd=ROOT)
+    return str(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m exporter.demo.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "models" / "demo"))
     ap.add_argument("--backend", default="onnx", choices=["onnx", "coreml-reference"],
                     help="the bundle's files to run: onnx, or the Core ML files through the reference evaluator")
+    ap.add_argument("--onnx-precision", default="fp32", choices=["fp32", "int8"],
+                    help="int8: measure an INT8 ONNX export of --checkpoint instead of the bundle's own files")
+    ap.add_argument("--checkpoint", default=str(ROOT / "models" / "demo-checkpoint"),
+                    help="the checkpoint behind --model (for --onnx-precision int8)")
     ap.add_argument("--n", type=int, default=60, help="held-out sentences per language")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.onnx_precision == "int8":
+            args.model = export_int8(args.checkpoint, args.model, Path(tmp) / "int8")
         for lang in grammar.LANGUAGES:
             for heldout, multi in ((False, False), (True, False), (False, True)):
                 r = evaluate(args.model, lang, args.n, args.seed, heldout, Path(tmp), multi, args.backend)
@@ -94,6 +113,7 @@ def main() -> None:
         pm = prompt_matters(args.model, first["wavs"][:20], args.backend)
         print(f"English audio, Spanish prompt: {pm['different_tokens']}/{pm['clips']} clips give other tokens")
     summary = {"command": " ".join(["python -m exporter.demo.evaluate", *sys.argv[1:]]), "backend": args.backend,
+               "onnx_precision": args.onnx_precision,
                "results": [{k: v for k, v in r.items() if k not in ("wavs", "docs")} for r in results],
                "prompt_matters": pm}
     if args.out:
