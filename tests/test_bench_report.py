@@ -206,3 +206,19 @@ def test_same_json_same_files(tmp_path: Path) -> None:
     assert run(results, tmp_path / "a" / "benchmarks.md") == first
     assert {p.name: p.read_bytes() for p in (tmp_path / "a" / "img").iterdir()} == pngs
     assert str(tmp_path) not in first  # no paths of this machine
+
+
+def test_the_idle_table_has_a_column_per_source_and_sound() -> None:
+    """bench/soak: silence and room noise on stdin, and on the microphone with --mic; thread ids differ per run,
+    so the other threads are summed and the busiest one named by its share."""
+    doc = {**SOAK, "idle_noise": {**SOAK["idle"], "source": "stdin noise", "noise_dbfs": -50.0, "cpu_percent_of_core": 0.35,
+                                  "cpu_percent_by_thread": {"main": 0.1, "python/9": 0.25}},
+           "idle_mic": {**SOAK["idle"], "source": "mic zeros", "cpu_percent_of_core": 1.18, "meets_goal": False,
+                        "cpu_percent_by_thread": {"main": 0.2, "python/7": 0.6, "threaded-ml/6": 0.3}}}
+    md = "\n".join(report.idle_table(doc))
+    assert "| measure | stdin, digital silence | stdin, noise -50 dBFS | microphone, digital silence | goal |" in md
+    assert "| CPU share of one core (%) | 1.17 | 0.35 | 1.18 | ≤ 2 |" in md
+    assert "| meets the goal | yes | yes | no |  |" in md
+    assert "| CPU share (%) of the busiest other thread | – | 0.25 | 0.6 |  |" in md
+    assert "| CPU share (%) of all other threads | 0 | 0.25 | 0.9 |  |" in md
+    assert "- microphone, digital silence: mic zeros" in md
