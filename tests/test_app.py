@@ -366,3 +366,24 @@ def test_the_silence_watch_warns_once_per_run_of_digital_silence() -> None:
     assert sum(w is not None for w in warnings) == 1 and "digital silence for 5 s" in next(w for w in warnings if w)
     assert watch.check(sound) is None  # sound resets it: the next long silence warns again
     assert sum(watch.check(zeros) is not None for _ in range(int(5.1 * SR / 480))) == 1
+
+
+def test_a_silent_microphone_is_a_lasting_problem_until_sound_returns() -> None:
+    """/health lists it (so `agent status` can show a missing permission), and sound ends it with an info."""
+    from daemon.live.capture import SilenceWatch, Source
+
+    source, statuses = Source(), []
+    source.on_status = lambda level, code, message: statuses.append((level, code))
+    watch = SilenceWatch(seconds=5.0)
+    zeros, sound = np.zeros(1440, np.float32), np.full(1440, 1e-4, np.float32)
+    for _ in range(int(4.9 * SR / 1440)):
+        watch.observe(source, zeros)
+    assert statuses == [] and source.problems == {}
+    for _ in range(int(0.3 * SR / 1440) + 1):
+        watch.observe(source, zeros)
+    assert statuses == [("warning", "silent_microphone")]
+    assert "digital silence for 5 s" in source.problems["silent_microphone"]
+    watch.observe(source, sound)
+    assert statuses[-1] == ("info", "microphone_sound") and source.problems == {}
+    watch.observe(source, sound)
+    assert len(statuses) == 2  # said once

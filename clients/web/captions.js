@@ -23,7 +23,7 @@ const CUT_SHORT = new Set(["max_new_tokens", "repetition"]);
 const ENDED_BY = {
   source_stalled: ["source_resumed"],
   device_lost: ["device_restored"],
-  silent_microphone: ["speech_started"],
+  silent_microphone: ["speech_started", "microphone_sound"],
   falling_behind: ["caught_up"],
 };
 

@@ -201,9 +201,8 @@ class Daemon:
                 if self._stop.is_set():  # shutting down: the open segment was finalized, no audio after it
                     return
                 engine.push_block(block.samples, block.speech)
-                if watch is not None and (warning := watch.check(block.samples)) is not None:
-                    log.warning(warning)
-                    self.emit(Status("warning", "silent_microphone", warning))
+                if watch is not None:
+                    watch.observe(self.source, block.samples)
                 if paced_by_model:  # --fast: as fast as the model keeps up, not faster (else every segment's
                     await engine.jobs.wait_until(lambda: engine.queue_depth <= 1)  # events burst out at once)
                     await asyncio.sleep(0)  # let the server send what this frame produced

@@ -482,7 +482,17 @@ class SilenceWatch:
             return None
         self._warned = True
         return (f"the microphone has delivered only digital silence for {self._seconds:.0f} s: on macOS, allow "
-                "microphone access for this terminal (System Settings → Privacy & Security → Microphone)")
+                "microphone access for the program that started the daemon: the terminal, or under `agent` the "
+                "Python interpreter (System Settings → Privacy & Security → Microphone; docs/macos.md)")
+
+
+    def observe(self, source: Source, samples: npt.NDArray[np.float32]) -> None:
+        """Check the next samples and report through `source`: `silent_microphone` is a lasting problem (a
+        `status` warning, and in /health's warnings, so `agent status` shows it) until sound returns."""
+        if (warning := self.check(samples)) is not None:
+            source.warn("silent_microphone", warning, lasting=True)
+        elif "silent_microphone" in source.problems and samples.any():
+            source.recover("microphone_sound", "silent_microphone", "the microphone delivers sound again")
 
 
 def open_source(source: str, device: str | None, rate: int, fast: bool, vad: VadOptions | None = None) -> Source:
