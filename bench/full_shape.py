@@ -524,13 +524,13 @@ def run_sides(args: argparse.Namespace, bundles: dict[str, Path], ckpt: Path, wo
         if prec == first and args.profile and (prof := side.call("profile")) is not None:
             side.info["ort_profile"] = {k: v for k, v in prof.items() if k not in ("rss_mb", "peak_rss_mb")}
         side.finish("all runs" + (" and the profiling sessions" if prec == first and args.profile else ""))
-    if "fp32" in bundles:  # the alternative: a session per bucket, each specialised to its frame count
-        buckets = Side("encoder, a session per bucket (fp32)", notes, memory)
-        buckets.start("buckets", ["--bundle", str(bundles["fp32"])], work / "buckets.log", [], "")
-        for frames in BUCKETS:
-            if (r := buckets.call("encoder", frames=frames, reps=args.reps)) is not None:
-                encoder_only.setdefault("bucket sessions fp32", {})[str(frames)] = r
-        buckets.finish("one session at a time")
+        if prec == "fp32":  # right after: the alternative, a session per bucket specialised to its frame count
+            buckets = Side("encoder, a session per bucket (fp32)", notes, memory)
+            buckets.start("buckets", ["--bundle", str(bundles["fp32"])], work / "buckets.log", [], "")
+            for frames in BUCKETS:
+                if (r := buckets.call("encoder", frames=frames, reps=args.reps)) is not None:
+                    encoder_only.setdefault("bucket sessions fp32", {})[str(frames)] = r
+            buckets.finish("one session at a time")
     if not ref_first:
         start_reference()
         for _ in range(args.reps):
@@ -592,6 +592,21 @@ def decision(enc: dict[str, Any], sides: dict[str, Any]) -> list[dict[str, Any]]
                      "one dynamic session": dyn_mb, "session per bucket": sum(sessions),
                      "bucket ÷ dynamic": round(sum(sessions) / dyn_mb, 3) if dyn_mb > 0 else None})
     return rows
+
+
+def decision_note(rows: list[dict[str, Any]]) -> str | None:
+    """The decision the rows support: one dynamic session unless a session per bucket is ≥ 10 % faster."""
+    timing = [r for r in rows if r["name"].startswith("encoder alone")]
+    if not timing:
+        return None
+    ratios = ", ".join(f"{r['name'].split(',')[1].split(':')[0].strip()}: {r['bucket ÷ dynamic']}" for r in timing)
+    mem = next((r for r in rows if r["name"].startswith("encoder session memory")), None)
+    held = f"; a session per bucket holds {mem['bucket ÷ dynamic']}× the memory" if mem else ""
+    if all(r["bucket ÷ dynamic"] >= 0.9 for r in timing):
+        return (f"decision: one ONNX encoder session with a dynamic frame axis — a session per bucket is not "
+                f"≥ 10 % faster (bucket ÷ dynamic seconds {ratios}){held}")
+    return (f"decision input: a session per bucket was ≥ 10 % faster somewhere (bucket ÷ dynamic seconds {ratios})"
+            f"{held}: sharing initializers across bucket sessions would be the alternative")
 
 
 def goals(memory: list[dict[str, Any]], sides: dict[str, Any], weights_mb: dict[str, float]) -> list[dict[str, Any]]:
@@ -710,7 +725,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                   "audio": "seeded Gaussian noise, std 0.05"},
         "comparisons": comparisons(sides, flops, peak),
         "goals": goals(memory, sides, {p: onnx_weights_mb(b) for p, b in bundles.items()}),
-        "encoder_dynamic_vs_buckets": decision(sides["encoder_only"], sides),
+        "encoder_dynamic_vs_buckets": (rows := decision(sides["encoder_only"], sides)),
         "memory": memory,
         "stages": sides,
         "flops": flops,
@@ -718,6 +733,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "steps": steps,
         "notes": notes,
     }
+    if (text := decision_note(rows)) is not None:
+        notes.append(text)
     if args.encoder_layers != FULL_ENCODER_LAYERS:
         full = full_config(FULL_ENCODER_LAYERS, args.decoder_layers).encoder_config
         ff = {"total": encoder_flops(full, BUCKETS[-1])["total"],

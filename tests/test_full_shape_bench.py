@@ -76,3 +76,23 @@ def test_memory_guard_kills_a_watched_process():
     assert p.wait(timeout=10) != 0
     assert time.monotonic() - t0 < 5
     assert "memory guard" in (guard.tripped_by(p.pid) or "")
+
+
+def test_goals_and_the_bucket_decision_follow_the_numbers():
+    """The memory goals (export ≤ 12 GB, daemon RSS after warm-up ≤ 1.2 × weights) and the dynamic-vs-buckets
+    decision are read off the measured rows, both ways."""
+    from bench.full_shape import decision_note, goals
+
+    memory = [{"name": "export (python -m exporter --backends onnx)", "peak_rss_mb": 11113},
+              {"name": "export (python -m exporter --backends onnx --onnx-precision int8)", "peak_rss_mb": 11500}]
+    sides = {"ours_fp32": {"rss_after_warm_up_mb": 9500}, "ours_int8": {"rss_after_warm_up_mb": 2400}}
+    rows = goals(memory, sides, {"fp32": 7874.0, "int8": 2100.0})
+    assert [(r["value"], r["met"]) for r in rows] == [(11.65, True), (12.06, False), (1.207, False), (1.143, True)]
+
+    def timing(ratio_500: float, ratio_3500: float) -> list[dict]:
+        return [{"name": f"encoder alone, {f} frames ({f / 100:g} s): median s", "bucket ÷ dynamic": r}
+                for f, r in ((500, ratio_500), (3500, ratio_3500))]
+
+    assert decision_note([]) is None
+    assert decision_note(timing(0.95, 1.02)).startswith("decision: one ONNX encoder session")
+    assert "sharing initializers across bucket sessions" in decision_note(timing(0.95, 0.85))
