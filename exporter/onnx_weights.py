@@ -110,18 +110,31 @@ def share_weights(graphs: list[Path], weights: Path, min_bytes: int = MIN_BYTES,
     with WeightsFile(weights) as wf:
         for path, source in zip(graphs, sources, strict=True):
             model = onnx.load(str(source), load_external_data=False)
-            for init in model.graph.initializer:
-                if init.data_location == onnx.TensorProto.EXTERNAL:
-                    wf.externalize(init, _read_external(init, source.parent))
-                elif len(init.raw_data) >= min_bytes:
-                    wf.externalize(init, init.raw_data)
+            inline = [i for i in model.graph.initializer
+                      if i.data_location != onnx.TensorProto.EXTERNAL and len(i.raw_data) >= min_bytes]
+            for tensor in _all_tensors(model):  # initializers and Constant nodes' tensors (ONNX tools write both)
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    wf.externalize(tensor, _read_external(tensor, source.parent))
+            for init in inline:
+                wf.externalize(init, init.raw_data)
             onnx.save_model(model, str(path))
         return wf.close()
 
 
+def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model: initializers and node attributes, subgraphs included."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    yield from _get_all_tensors(model)
+
+
+def _location(tensor: onnx.TensorProto) -> str | None:
+    return next((e.value for e in tensor.external_data if e.key == "location"), None)
+
+
 def _external_files(graph: Path) -> set[str]:
     model = onnx.load(str(graph), load_external_data=False)
-    return {e.value for i in model.graph.initializer for e in i.external_data if e.key == "location"}
+    return {loc for t in _all_tensors(model) if (loc := _location(t)) is not None}
 
 
 def _read_external(init: onnx.TensorProto, folder: Path) -> bytes:

@@ -132,3 +132,30 @@ def test_share_weights_refuses_to_overwrite_what_it_reads(tmp_path):
                     size_threshold=0)
     with pytest.raises(ValueError, match="would overwrite"):
         share_weights([tmp_path / "g.onnx"], tmp_path / "weights.bin")
+
+
+def test_external_tensors_of_constant_nodes_move_too(tmp_path):
+    """ONNX tools (onnxruntime's quantizer) may write a Constant node's tensor as external data: it moves into
+    the bundle's weights file like the initializers, so nothing still points into the staging folder."""
+    rng = np.random.default_rng(3)
+    c = rng.standard_normal((2, 64)).astype(np.float32)
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(c, "c")),
+             helper.make_node("Add", ["x", "c"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])])
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    onnx.save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(stage / "g.onnx"),
+                    save_as_external_data=True, location="g.onnx.data", size_threshold=0, convert_attribute=True)
+    model = onnx.load(str(stage / "g.onnx"), load_external_data=False)
+    assert model.graph.node[0].attribute[0].t.data_location == TensorProto.EXTERNAL  # the case under test
+    out = tmp_path / "bundle"
+    out.mkdir()
+    share_weights([out / "g.onnx"], out / "weights.bin", min_bytes=256, sources=[stage / "g.onnx"])
+    import shutil
+
+    shutil.rmtree(stage)
+    np.testing.assert_array_equal(_run(out / "g.onnx", x), x + c)
+    t = onnx.load(str(out / "g.onnx"), load_external_data=False).graph.node[0].attribute[0].t
+    assert {e.key: e.value for e in t.external_data}["location"] == "weights.bin"
