@@ -167,7 +167,9 @@ def decoder_step_part(doc: Doc, img: Path, rel: str) -> Lines:
     shape = ", ".join(f"{k} {v}" for k, v in doc.get("shape", {}).items())
     out = ["## Decoder step: cross-attention K/V once per window vs every step", "",
            f"One decoder step at the full decoder shape ({shape}), random weights, ONNX Runtime CPU, "
-           "timed side by side (round robin).", ""]
+           "timed side by side (round robin). The FluidAudio-v1 style step is compute-bound (the cross K/V "
+           "projections), ours bandwidth-bound: on a loaded machine (see the load average under the tables) "
+           "the compute-bound step slows more, so compare runs at similar load.", ""]
     macs = doc.get("cross_kv_macs_per_step_avoided")
     goal = doc.get("goal")
     met = "" if not goal else f" (goal ≥ {num(goal['ratio'])}×: {'met' if goal['met'] else 'not met'})"
