@@ -247,6 +247,23 @@ def test_fp32_greedy_tokens_match_generate(preset, fp32_bundles, tiny_checkpoint
     assert worst <= 1e-3
 
 
+def test_coreml_prefill_function_gives_the_steps_tokens(fp32_bundles, clips) -> None:
+    """The decoder package's prefill function (the 10-token prompt, static shape) vs the prompt fed through
+    decoder_step (fp32, preset b, 4 clips): identical tokens, log-probs within 1e-4."""
+    tr = load_transcriber(str(fp32_bundles["b"]), "coreml-reference", dither=0.0)
+    graphs = tr.backend.spec
+    assert (graphs.prefill.function, graphs.decoder.function) == ("prefill", "decoder_step")
+    assert graphs.prefill.path == graphs.decoder.path and tr.backend.prefill_accepts(10)
+    options = DecodeOptions(language="de", max_new_tokens=MAX_NEW)
+    steps = load_transcriber(str(fp32_bundles["b"]), "coreml-reference", dither=0.0)
+    steps.backend.prefill_accepts = lambda n: False  # type: ignore[method-assign]
+    for x in clips[1:12:3]:
+        (prompt, a), (_, b) = tr.transcribe_window(x, options), steps.transcribe_window(x, options)
+        assert a.tokens == b.tokens and len(a.tokens) > 0
+        assert np.abs(np.array(a.logprobs) - np.array(b.logprobs)).max() <= 1e-4
+        assert b.n_steps - a.n_steps == len(prompt) - 1
+
+
 @pytest.mark.parametrize("precision", ["fp16", "hybrid"])
 def test_fp16_drift_is_bounded(precision, fp16_bundles, tiny_bundles, tiny_checkpoints, hf_models, hf_features,
                                clips) -> None:

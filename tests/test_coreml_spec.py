@@ -42,7 +42,9 @@ def test_io_matches_config_and_manifest(precision: str, wide) -> None:
     b = bundles[precision]
     enc_in, enc_out, dec_in, dec_out = expected(ckpt, "float32" if precision == "fp32" else "float16")
     assert io_of(b / ENCODER, "encoder_3500") == (enc_in, enc_out)
-    assert io_of(b / "coreml/decoder_step.mlpackage") == (dec_in, dec_out)
+    decoder = b / "coreml/decoder_step.mlpackage"  # functions decoder_step (default) and prefill (the prompt)
+    assert functions_of(decoder) == ["decoder_step", "prefill"]
+    assert io_of(decoder, "decoder_step") == (dec_in, dec_out)
     m = json.loads((b / "manifest.json").read_text())["backends"]["coreml"]
     declared = {t["name"]: (tuple(t["shape"]), t["dtype"]) for g in (m["encoders"]["3500"], m["decoder"])
                 for t in g["inputs"] + g["outputs"]}
@@ -52,7 +54,10 @@ def test_io_matches_config_and_manifest(precision: str, wide) -> None:
         assert (g["file"], g["function"]) == (ENCODER, f"encoder_{frames}")
         assert io_of(b / ENCODER, g["function"]) == tuple(
             {t["name"]: (tuple(t["shape"]), t["dtype"]) for t in g[k]} for k in ("inputs", "outputs"))
-    assert "function" not in m["decoder"]
+    assert (m["decoder"]["function"], m["prefill"]["function"]) == ("decoder_step", "prefill")
+    assert io_of(decoder, "prefill") == tuple(
+        {t["name"]: (tuple(t["shape"]), t["dtype"]) for t in m["prefill"][k]} for k in ("inputs", "outputs"))
+    assert m["prefill"]["inputs"][0] == {"name": "input_id", "shape": [1, 10], "dtype": "int32"}
 
 
 def test_encoder_is_one_multifunction_package_with_weights_once(wide) -> None:
@@ -76,13 +81,13 @@ def test_encoder_is_one_multifunction_package_with_weights_once(wide) -> None:
 def test_hybrid_encoder_int8_decoder_fp16(wide) -> None:
     _, bundles = wide
     enc = weight_bytes(bundles["hybrid"] / ENCODER, "encoder_3500")
-    dec = weight_bytes(bundles["hybrid"] / "coreml/decoder_step.mlpackage")
+    dec = weight_bytes(bundles["hybrid"] / "coreml/decoder_step.mlpackage", "decoder_step")
     share = enc.get("INT8", 0) * (1 + 2 / INT8_BLOCK) / sum(enc.values())  # INT8 weights with their FP16 scales
     print(f"hybrid encoder: {share:.1%} of weight bytes INT8 ({enc}); decoder {dec}")
     assert share >= 0.95
     assert set(dec) - {"INT32"} == {"FLOAT16"}  # INT32: index constants (positions), not weights
     assert "INT8" not in weight_bytes(bundles["fp16"] / ENCODER, "encoder_1000")
-    assert set(weight_bytes(bundles["fp32"] / "coreml/decoder_step.mlpackage")) - {"INT32"} == {"FLOAT32"}
+    assert set(weight_bytes(bundles["fp32"] / "coreml/decoder_step.mlpackage", "prefill")) - {"INT32"} == {"FLOAT32"}
 
 
 def test_encoder_mask_is_finite_in_fp16(wide) -> None:

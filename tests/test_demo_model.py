@@ -121,12 +121,20 @@ def test_export_is_deterministic_and_coreml_passes_the_spec(clips, tmp_path) -> 
     # Core ML (the shipped files): names, shapes and dtypes from config.json; INT8 encoder, FP16 decoder
     enc_in, enc_out, dec_in, dec_out = expected(CKPT, "float16")
     assert io_of(DEMO / "coreml/encoder.mlpackage", "encoder_3500") == (enc_in, enc_out)
-    assert io_of(DEMO / "coreml/decoder_step.mlpackage") == (dec_in, dec_out)
+    decoder = DEMO / "coreml/decoder_step.mlpackage"  # functions decoder_step (one token) and prefill (the prompt)
+    assert io_of(decoder, "decoder_step") == (dec_in, dec_out)
+    pre_in, pre_out = io_of(decoder, "prefill")
+    assert pre_in["input_id"] == ((1, 10), "int32") and pre_in["position"] == ((10,), "int32")
+    assert pre_out["new_k"][0][3] == 10 and {k: v for k, v in pre_in.items() if k not in ("input_id", "position")} \
+        == {k: v for k, v in dec_in.items() if k not in ("input_id", "position")}
     for bucket in shipped["encoder"]["buckets"]:
         enc = weight_bytes(DEMO / "coreml/encoder.mlpackage", f"encoder_{bucket}")
         quantized = enc.get("INT8", 0) * (1 + 2 / INT8_BLOCK)  # the INT8 weights with their FP16 scales
         assert quantized / sum(enc.values()) >= 0.95
-    assert set(weight_bytes(DEMO / "coreml/decoder_step.mlpackage")) - {"INT32"} == {"FLOAT16"}
+    for function in ("decoder_step", "prefill"):
+        assert set(weight_bytes(decoder, function)) - {"INT32"} == {"FLOAT16"}
+    size = sum(p.stat().st_size for p in (decoder / "Data").rglob("*.bin"))
+    assert size < 1.1 * sum(weight_bytes(decoder, "decoder_step").values())  # the weights stored once
 
 
 def test_bundle_size() -> None:
