@@ -54,7 +54,8 @@ class FakeRuntime:
 
     def __init__(self, bundle: Bundle) -> None:
         spec = bundle.backends["coreml"]
-        self.graphs = {(g.path.stem, g.function): g for g in (*spec.encoders.values(), spec.decoder)}
+        graphs = (*spec.encoders.values(), spec.decoder, *([spec.prefill] if spec.prefill else []))
+        self.graphs = {(g.path.stem, g.function): g for g in graphs}
         self.compiles: list[str] = []
         self.loads: list[tuple[Path, str, str | None]] = []
         self.runs: list[str] = []
@@ -95,10 +96,12 @@ def test_demo_encoder_is_one_package_with_a_function_per_bucket(demo: Bundle) ->
     enc = demo.backends["coreml"].encoders
     assert {g.path for g in enc.values()} == {DEMO / ENCODER}
     assert {f: g.function for f, g in enc.items()} == {b: f"encoder_{b}" for b in demo.buckets}
-    assert demo.backends["coreml"].decoder.function is None
+    dec, prefill = demo.backends["coreml"].decoder, demo.backends["coreml"].prefill
+    assert prefill is not None and (dec.path, dec.function) == (DEMO / "coreml/decoder_step.mlpackage", "decoder_step")
+    assert (prefill.path, prefill.function) == (dec.path, "prefill")  # the prompt in one call, the weights once
     assert all(g.function is None for g in demo.backends["onnx"].encoders.values())
     assert enc[500].sha256 == demo.manifest["files"][ENCODER]
-    assert demo.manifest["format_version"] == 2
+    assert demo.manifest["format_version"] == 3
 
 
 def test_version_1_bundles_are_still_read(tmp_path: Path) -> None:
@@ -120,7 +123,7 @@ def test_version_1_bundles_are_still_read(tmp_path: Path) -> None:
         f: (f"encoder_{f}.mlpackage", None) for f in b.buckets}
 
 
-@pytest.mark.parametrize("version", [0, 3, "2"])
+@pytest.mark.parametrize("version", [0, 4, "2"])
 def test_unknown_format_version_is_one_line(tmp_path: Path, version: object) -> None:
     root = tmp_path / "b"
     shutil.copytree(DEMO, root)
@@ -130,7 +133,7 @@ def test_unknown_format_version_is_one_line(tmp_path: Path, version: object) -> 
     with pytest.raises(BundleError) as e:
         load_bundle(root)
     msg = str(e.value)
-    assert "\n" not in msg and f"format_version {version!r}, this daemon reads 1 and 2" in msg
+    assert "\n" not in msg and f"format_version {version!r}, this daemon reads 1, 2 and 3;" in msg
 
 
 def test_a_function_name_must_be_a_string(tmp_path: Path) -> None:
@@ -161,16 +164,16 @@ def test_every_function_is_loaded_by_name_and_warmed_up(demo: Bundle, tmp_path: 
     cache = tmp_path / "cache"
     loaded = {(c.relative_to(cache).parts[-1], cu, f) for c, cu, f in rt.loads}
     assert loaded == {("encoder.mlmodelc", "cpu_and_ne", f"encoder_{b}") for b in demo.buckets} | {
-        ("decoder_step.mlmodelc", "cpu_and_ne", None)}
-    assert len(rt.loads) == len(demo.buckets) + 1
-    assert set(rt.runs) == {f"encoder_{b}" for b in demo.buckets} | {"decoder_step.mlpackage"}
+        ("decoder_step.mlmodelc", "cpu_and_ne", "decoder_step"), ("decoder_step.mlmodelc", "cpu_and_ne", "prefill")}
+    assert len(rt.loads) == len(demo.buckets) + 2
+    assert set(rt.runs) == {f"encoder_{b}" for b in demo.buckets} | {"decoder_step", "prefill"}
 
 
 def test_second_start_reuses_the_cache(demo: Bundle, tmp_path: Path) -> None:
     start(demo, tmp_path / "cache")
     _, rt = start(demo, tmp_path / "cache")  # a restart: a new process would find the same folders
     assert rt.compiles == []
-    assert len(rt.loads) == len(demo.buckets) + 1
+    assert len(rt.loads) == len(demo.buckets) + 2
 
 
 def test_a_changed_package_is_compiled_again(tmp_path: Path) -> None:
@@ -220,7 +223,7 @@ def test_a_cached_model_that_no_longer_loads_is_compiled_again_once(demo: Bundle
     assert rt.compiles == ["decoder_step.mlpackage"] and len(rt.loads) == 2
     rt = FakeRuntime(demo)
     rt.fail_loads = 2
-    with pytest.raises(BackendError, match=r"^cannot load decoder_step.mlpackage with Core ML: Error compiling "
+    with pytest.raises(BackendError, match=r"^cannot load decoder_step.mlpackage \(decoder_step\) with Core ML: Error compiling "
                                            r"model: incompatible compiled model$"):
         coreml_backend(demo, runtime=rt, cache_root=tmp_path)
 

@@ -155,7 +155,7 @@ def load_bundle(root: str | Path) -> Bundle:
         raise BundleError(f"{mpath} is not a {FORMAT} manifest")
     if m.get("format_version") not in READS_VERSIONS:
         raise BundleError(f"{mpath}: format_version {m.get('format_version')!r}, this daemon reads "
-                          f"{' and '.join(map(str, READS_VERSIONS))}; re-export the bundle or update the daemon")
+                          f"{', '.join(map(str, READS_VERSIONS[:-1]))} and {READS_VERSIONS[-1]}; re-export the bundle or update the daemon")
     if m.get("decoder_contract") != CONTRACT:
         raise BundleError(f"{mpath}: decoder contract {m.get('decoder_contract')!r} is not supported ({CONTRACT})")
     try:

@@ -80,7 +80,8 @@ class Transcriber:
             self.backend.encode(np.zeros((1, n_mels, frames), np.float32), frames)
         enc = self.backend.encode(np.zeros((1, n_mels, full), np.float32), full)
         prompt = build_prompt(self.bundle, self.tokenizer, next(iter(self.bundle.languages)), True)
-        greedy_decode(self.backend, enc, encoder_frames(full, self.bundle.subsampling_stages), prompt, 1,
+        # two tokens: the first from the prompt's prefill (where the backend has one), the second from a step
+        greedy_decode(self.backend, enc, encoder_frames(full, self.bundle.subsampling_stages), prompt, 2,
                       DecodeOptions(ignore_eos=True))
 
     def windows(self, samples: npt.NDArray[np.float32]) -> list[tuple[int, int]]:
