@@ -66,6 +66,8 @@ class BackendSpec:
     def dynamic_encoder(self) -> GraphSpec | None:
         """The encoder that takes any frame count up to the full window (its frame axis is -1), or None when
         the backend has an encoder per bucket."""
+        if not self.encoders:
+            raise ValueError("a backend has no encoder")
         (graph, *more) = self.encoders.values()
         dynamic = not more and any(t.shape[-1] == ANY for t in graph.inputs if t.name == "input_features")
         return graph if dynamic else None
