@@ -12,10 +12,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon import __version__
 
 from .options import ExportOptions
+
+if TYPE_CHECKING:
+    from .load import Checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,19 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.contract != "cohere":
-        return _fluidaudio(args, ap)
+        _refuse_fixed_options(args, ap)
     try:
-        backends = args.backends or "onnx,coreml"
-        opts = ExportOptions(backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
-                             precision=args.precision or "hybrid", onnx_precision=args.onnx_precision,
-                             buckets=_buckets(args.buckets),
-                             cache_capacity=args.cache_capacity, max_new_tokens=args.max_new_tokens)
-        from .export import export_bundle
-        from .load import load_checkpoint
-
-        print(f"[export] loading {args.checkpoint} with transformers ...", file=sys.stderr)
-        ckpt = load_checkpoint(args.checkpoint)
-        path = export_bundle(ckpt, args.out, opts)
+        path = _bundle(args) if args.contract == "cohere" else _fluidaudio(args)
     except ModuleNotFoundError as e:  # the runtime's install lacks the export toolchain
         print(f"error: the exporter needs {e.name}: pip install 'cohere-transcribe-daemon[export]'", file=sys.stderr)
         return 2
@@ -76,8 +70,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _fluidaudio(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
-    """--contract fluidaudio-v1|v2: the encoder, that decoder, vocab.json and tokenizer.model in --out."""
+def _bundle(args: argparse.Namespace) -> Path:
+    """The default contract: a bundle (manifest.json + the chosen backends' files) in --out."""
+    backends = args.backends or "onnx,coreml"
+    opts = ExportOptions(backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+                         precision=args.precision or "hybrid", onnx_precision=args.onnx_precision,
+                         buckets=_buckets(args.buckets),
+                         cache_capacity=args.cache_capacity, max_new_tokens=args.max_new_tokens)
+    from .export import export_bundle
+
+    return export_bundle(_load(args.checkpoint), args.out, opts)
+
+
+def _load(checkpoint: str) -> Checkpoint:
+    from .load import load_checkpoint
+
+    print(f"[export] loading {checkpoint} with transformers ...", file=sys.stderr)
+    return load_checkpoint(checkpoint)
+
+
+def _refuse_fixed_options(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
+    """--contract fluidaudio-v1|v2 fixes files, shapes and the 108-slot cache: the bundle options are errors."""
     fixed = {"--backends": args.backends, "--buckets": args.buckets, "--cache-capacity": args.cache_capacity,
              "--max-new-tokens": args.max_new_tokens,
              "--onnx-precision": None if args.onnx_precision == "fp32" else args.onnx_precision}
@@ -85,21 +98,14 @@ def _fluidaudio(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if given:
         ap.error(f"{', '.join(given)}: not with --contract {args.contract} (its files, shapes and 108-slot cache "
                  "are fixed)")
-    try:
-        from .fluidaudio import DEFAULT_PRECISION, export_fluidaudio
-        from .load import load_checkpoint
 
-        print(f"[export] loading {args.checkpoint} with transformers ...", file=sys.stderr)
-        ckpt = load_checkpoint(args.checkpoint)
-        path = export_fluidaudio(ckpt, args.out, args.contract, args.precision or DEFAULT_PRECISION)
-    except ModuleNotFoundError as e:
-        print(f"error: the exporter needs {e.name}: pip install 'cohere-transcribe-daemon[export]'", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+
+def _fluidaudio(args: argparse.Namespace) -> Path:
+    """--contract fluidaudio-v1|v2: the encoder, that decoder, vocab.json and tokenizer.model in --out."""
+    from .fluidaudio import DEFAULT_PRECISION, export_fluidaudio
+
+    return export_fluidaudio(_load(args.checkpoint), args.out, args.contract,
+                             args.precision or DEFAULT_PRECISION)
 
 
 def _buckets(text: str | None) -> tuple[int, ...] | None:
