@@ -92,16 +92,18 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 
 
 class Tmux:
-    """A detached tmux session running `command` in a 200×50 terminal."""
+    """A detached tmux session running `command` in a 200×50 terminal, on its own tmux server (`-L`): two
+    sessions on the shared default server race when the first one's exit stops the server while the second
+    starts ("server exited unexpectedly")."""
 
     def __init__(self, command: str) -> None:
         assert shutil.which("tmux"), "tmux missing: scripts/setup.sh installs it"
         self.name = f"cli-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "200", "-y", "50", command],
+        subprocess.run(["tmux", "-L", self.name, "new-session", "-d", "-s", self.name, "-x", "200", "-y", "50", command],
                        check=True, cwd=ROOT)
 
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name, "-S", "-200"], capture_output=True,
+        return subprocess.run(["tmux", "-L", self.name, "capture-pane", "-p", "-t", self.name, "-S", "-200"], capture_output=True,
                               text=True).stdout
 
     def finals(self) -> Counter[str]:
@@ -119,7 +121,7 @@ class Tmux:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        subprocess.run(["tmux", "-L", self.name, "kill-server"], capture_output=True)
 
 
 def wait_until(ok: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
