@@ -1,7 +1,7 @@
 """Measure the demo model through the daemon: held-out sentences → espeak-ng → `python -m daemon transcribe`.
 
     python -m exporter.demo.evaluate [--model models/demo] [--backend onnx] [--onnx-precision fp32|int8] [--n 60]
-        [--seed 7] [--out FILE.json]
+        [--seed 7] [--multi-rounds 1] [--out FILE.json]
 
 Per language (en, es): WER on sentences never seen in training spoken by training voices, and by a voice
 variant never used in training; the same sentences three to a clip with pauses between them (one window of
@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import jiwer
+import numpy as np
 import soundfile as sf
 
 from . import grammar, synth
@@ -50,11 +51,23 @@ PER_CLIP = 3  # sentences per clip in the multi-sentence set
 MULTI_SEED_OFFSET = 100  # its voices are drawn apart from the single-sentence clips' (seed --seed + 100)
 
 
+def multi_groups(sentences: list[str], rounds: int, seed: int) -> list[list[str]]:
+    """The multi-sentence clips' sentences: round 0 groups them in order, PER_CLIP to a clip (the set measured
+    since the demo model was trained); each further round groups a seeded shuffle of them, so one sentence
+    lands beside other neighbours. With 20 clips one clip flipping moves the set's WER about 1.5 points; more
+    rounds resolve smaller differences between two exports of one model."""
+    rounds_of = [list(sentences)]
+    for r in range(1, rounds):
+        order = np.random.default_rng([seed, r]).permutation(len(sentences))
+        rounds_of.append([sentences[i] for i in order])
+    return [s[i:i + PER_CLIP] for s in rounds_of for i in range(0, len(s), PER_CLIP)]
+
+
 def evaluate(model: str, lang: str, n: int, seed: int, heldout_voice: bool, folder: Path, multi: bool = False,
-             backend: str = "onnx") -> dict:
+             backend: str = "onnx", rounds: int = 1) -> dict:
     sentences = heldout_sentences(lang, n)
     per_clip = PER_CLIP if multi else 1
-    groups = [sentences[i:i + per_clip] for i in range(0, len(sentences), per_clip)]
+    groups = multi_groups(sentences, rounds, seed) if multi else [[s] for s in sentences]
     clips = synth.synthesize_many([(synth.SENTENCE_BREAK.join(g), lang) for g in groups],
                                   seed=seed + (MULTI_SEED_OFFSET if multi else 0), heldout=heldout_voice)
     texts = [" ".join(g) for g in groups]
@@ -66,7 +79,7 @@ def evaluate(model: str, lang: str, n: int, seed: int, heldout_voice: bool, fold
     hyps = [text_of(d) for d in docs]
     voice = "held-out variant " + synth.HELDOUT_VARIANT[lang] if heldout_voice else "training voices"
     return {"lang": lang, "voice": voice + (f", {per_clip} sentences per clip" if multi else ""),
-            "n": len(sentences), "wer": round(jiwer.wer(texts, hyps), 4),
+            "n": len(sentences), "clips": len(clips), "wer": round(jiwer.wer(texts, hyps), 4),
             "errors": [(r, h) for r, h in zip(texts, hyps, strict=True) if r != h][:5],
             "seconds": round(sum(len(x) for x in clips) / synth.SAMPLE_RATE, 1), "wavs": wavs, "docs": docs}
 
@@ -98,6 +111,9 @@ def main() -> None:
                     help="the checkpoint behind --model (for --onnx-precision int8)")
     ap.add_argument("--n", type=int, default=60, help="held-out sentences per language")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--multi-rounds", type=int, default=1,
+                    help="groupings of the held-out sentences in the 3-sentence sets (1: 20 clips per language; "
+                         "4: 80, to compare two exports of one model within half a point)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args()
     results = []
@@ -106,8 +122,10 @@ def main() -> None:
             args.model = export_int8(args.checkpoint, args.model, Path(tmp) / "int8")
         for lang in grammar.LANGUAGES:
             for heldout, multi in ((False, False), (True, False), (False, True)):
-                r = evaluate(args.model, lang, args.n, args.seed, heldout, Path(tmp), multi, args.backend)
-                print(f"{lang} {r['voice']:<46} WER {100 * r['wer']:5.1f} %  ({r['n']} sentences, {r['seconds']} s)")
+                r = evaluate(args.model, lang, args.n, args.seed, heldout, Path(tmp), multi, args.backend,
+                             args.multi_rounds)
+                print(f"{lang} {r['voice']:<46} WER {100 * r['wer']:5.2f} %  ({r['clips']} clips of {r['n']} sentences, "
+                      f"{r['seconds']} s)")
                 results.append(r)
         first = next(r for r in results if r["lang"] == "en" and r["voice"] == "training voices")
         pm = prompt_matters(args.model, first["wavs"][:20], args.backend)
