@@ -1,101 +1,126 @@
-"""INT8 ONNX graphs for CPUs: the MatMul/Gemm weights of exported graphs quantized by onnxruntime.quantization.
+"""INT8 ONNX graphs for CPUs: every MatMul/Gemm with a constant weight becomes ONNX Runtime's DynamicQuantizeMatMul.
 
-`python -m exporter --onnx-precision int8` runs this on every exported FP32 graph before the weights are
-shared (exporter/onnx_weights.py). Two recipes, chosen per graph by measurement (docs/benchmarks.md,
-models/demo/MODEL_CARD.md):
+`python -m exporter --onnx-precision int8` runs this on every exported FP32 graph before the weights are shared
+(exporter/onnx_weights.py). It writes what `onnxruntime.quantization.quantize_dynamic(per_channel=True,
+weight_type=QInt8)` writes — weights INT8, symmetric, one scale per output channel; activations quantized to
+UINT8 on every call, VNNI int8 products — but one tensor at a time: quantize_dynamic holds the whole graph
+several times over (22.3 GB peak RSS on the real encoder's 7.3 GB, measured), which a 16 GB Mac cannot run.
+tests/test_quantize.py checks the two give the same outputs.
 
-- decoder: dynamic quantization (`quantize_dynamic`): weights INT8 with one scale per output channel,
-  activations quantized to UINT8 per call (ONNX Runtime fuses them into DynamicQuantizeMatMul). A step reads
-  every weight once per token, so its time follows the weight bytes: INT8 reads a quarter of FP32's.
-- encoder: INT8 weights in blocks of 32 with a scale each (`MatMulNBitsQuantizer`, bits 8, MatMulNBits ops;
-  accuracy level 4: int8 products with activations quantized per block). On the demo model, dynamic
-  quantization of the encoder (one activation scale per whole window) cost 1-3 WER points on the
-  multi-sentence sets; blockwise weights cost none.
-
-Attention's activation × activation MatMuls, embeddings, norms and convolutions stay FP32. Graphs over 2 GB (the
-real encoder) are read and written with external data (`use_external_data_format`).
+A decoder step reads every weight once per token, so its time follows the weight bytes (a quarter of FP32's);
+the encoder's products run 2-3x faster than FP32 or than INT8 weights in blocks of 32 (MatMulNBits), measured at
+the full shape (docs/benchmarks.md). The encoder is exported with its pointwise convolutions as MatMul
+(exporter/wrappers.py, pointwise_as_matmul) so that they are quantized too. Attention's activation × activation
+MatMuls, embeddings, norms and the other convolutions stay FP32.
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-ONNX_PROTO_LIMIT = 2**31 - 1  # bytes: larger models must keep their tensors outside the protobuf
+import numpy as np
+
 OP_TYPES = ("MatMul", "Gemm")
-PER_CHANNEL = True  # decoder: one weight scale per output channel rather than per tensor
-BLOCK = 32  # encoder: weights per scale (the Core ML hybrid encoder's INT8_BLOCK too)
-ACCURACY_LEVEL = 4  # MatMulNBits: int8 compute (activations quantized per block)
+QMAX = 127  # symmetric INT8 weights in [-127, 127], zero point 0 (quantize_dynamic's QInt8 range)
+MS_DOMAIN = "com.microsoft"
 
 
-def graph_bytes(path: Path) -> int:
-    """Bytes of an ONNX graph and the external data files beside it (the staging folder holds one graph)."""
-    return sum(p.stat().st_size for p in path.parent.iterdir() if p.is_file())
+def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, N) FP32 weight → (K, N) INT8 and (N,) FP32 scales, one per output column: w ≈ q · scale."""
+    absmax = np.abs(w).max(axis=0).astype(np.float64)
+    scale = np.where(absmax > 0, absmax / QMAX, 1.0)
+    q = np.clip(np.rint(w / scale.astype(np.float32)), -QMAX, QMAX).astype(np.int8)
+    return q, scale.astype(np.float32)
 
 
-def recipe_for(name: str) -> str:
-    """The recipe for a bundle graph file: "dynamic" for the decoder, "blockwise" for the encoder."""
-    return "dynamic" if "decoder" in Path(name).name else "blockwise"
-
-
-def quantize_graph(src: Path, dest: Path, recipe: str = "dynamic", per_channel: bool = PER_CHANNEL) -> Path:
-    """Write an INT8 copy of the FP32 graph `src` (and its external data) to `dest`; return `dest`.
-
-    Args:
-        recipe: "dynamic" (quantize_dynamic, QInt8 weights, dynamic UINT8 activations) or "blockwise"
-            (MatMulNBits, 8-bit weights in blocks of BLOCK).
+def quantize_graph(src: Path, dest: Path) -> Path:
+    """Write an INT8 copy of the FP32 graph `src` (its external data beside it) to `dest` and `dest`.data;
+    return `dest`. Weights are read, quantized and written one at a time.
 
     Raises:
-        ValueError: `src` is not a readable ONNX graph, or an unknown recipe.
+        ValueError: `src` is not a readable ONNX graph.
     """
-    if recipe not in ("dynamic", "blockwise"):
-        raise ValueError(f"unknown INT8 recipe {recipe!r} (dynamic or blockwise)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    large = graph_bytes(src) > ONNX_PROTO_LIMIT // 2  # the quantizer adds tensors: leave room below 2 GB
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizers log every node they skip through the root logger
-    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-    try:
-        if recipe == "dynamic":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx
 
-            quantize_dynamic(src, dest, op_types_to_quantize=list(OP_TYPES), per_channel=per_channel,
-                             weight_type=QuantType.QInt8, use_external_data_format=large,
-                             extra_options={"MatMulConstBOnly": True})
-        else:
-            _blockwise(src, dest, large)
-    except Exception as e:  # onnx/onnxruntime raise their own untyped errors for a bad graph
+    from .onnx_weights import write_graph
+
+    try:
+        model = onnx.load(str(src), load_external_data=False)
+    except Exception as e:  # onnx raises its own untyped errors for a bad file
         raise ValueError(f"cannot quantize {src}: {e}") from e
-    finally:
-        root.setLevel(level)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes, quantized = [], {}  # quantized: weight name → transpose it first (Gemm transB)
+    for node in graph.node:
+        weight = _constant_weight(node, inits)
+        if weight is None:
+            nodes.append(node)
+            continue
+        trans = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+        key = f"{weight}{'_t' if trans else ''}"
+        quantized[key] = (weight, trans)
+        bias = list(node.input[2:3]) if node.op_type == "Gemm" else []
+        nodes.append(onnx.helper.make_node(
+            "DynamicQuantizeMatMul", [node.input[0], f"{key}_quantized", f"{key}_scale", f"{key}_zero_point",
+                                      *bias], list(node.output), name=f"{node.name}_int8" if node.name else "",
+            domain=MS_DOMAIN))
+    used = {i for n in nodes for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_graph(model, _tensors(kept, quantized, inits, src.parent), dest)
     return dest
 
 
-def _blockwise(src: Path, dest: Path, large: bool) -> None:
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
+def _constant_weight(node: Any, inits: dict[str, Any]) -> str | None:
+    """The name of the 2-D initializer `node` multiplies by, if it is a MatMul/Gemm DynamicQuantizeMatMul can
+    take (Gemm: alpha = beta = 1, A not transposed, a 1-D bias or none); else None."""
+    if node.op_type not in OP_TYPES or len(node.input) < 2 or node.input[1] not in inits:
+        return None
+    if len(inits[node.input[1]].dims) != 2:
+        return None
+    if node.op_type == "Gemm":
+        attrs = {a.name: (a.f if a.type == a.FLOAT else a.i) for a in node.attribute}
+        if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
+            return None
+        if len(node.input) > 2 and node.input[2] and (node.input[2] not in inits
+                                                       or len(inits[node.input[2]].dims) != 1):
+            return None
+    return str(node.input[1])
 
-    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=ACCURACY_LEVEL,
-                                          bits=8)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(dest), large)
+
+def _tensors(kept: list[Any], quantized: dict[str, tuple[str, bool]], inits: dict[str, Any], folder: Path
+             ) -> Iterator[tuple[str, np.ndarray]]:
+    """The new graph's initializers as (name, array), each read from `folder` only when it is written."""
+    from onnx import numpy_helper
+
+    for init in kept:
+        yield init.name, numpy_helper.to_array(init, base_dir=str(folder))
+    for key, (name, trans) in quantized.items():
+        w = numpy_helper.to_array(inits[name], base_dir=str(folder)).astype(np.float32)
+        q, scale = quantize_weight(w.T if trans else w)
+        del w
+        yield f"{key}_quantized", q
+        yield f"{key}_scale", scale
+        yield f"{key}_zero_point", np.zeros(scale.shape, np.int8)
 
 
 def quantize_graphs(staged: dict[str, Path]) -> dict[str, Path]:
     """INT8 copies of staged FP32 graphs (bundle file -> staged path), each in a folder of its own next to its
-    source (`<name>-int8/`), by `recipe_for` the bundle file; the FP32 staging folders are removed. Returns
-    bundle file -> INT8 graph."""
+    source (`<name>-int8/`); the FP32 staging folders are removed. Returns bundle file -> INT8 graph."""
+    import shutil
+
     out = {}
     for rel, src in staged.items():
         dest = src.parent.with_name(src.parent.name + "-int8") / src.name
         shutil.rmtree(dest.parent, ignore_errors=True)
-        out[rel] = quantize_graph(src, dest, recipe_for(rel))
+        out[rel] = quantize_graph(src, dest)
         shutil.rmtree(src.parent, ignore_errors=True)
     return out
 

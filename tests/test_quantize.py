@@ -1,5 +1,5 @@
 """INT8 ONNX graphs (exporter/quantize.py, `--onnx-precision int8`): what the quantizer writes, the >2 GB path,
-and an INT8 bundle decoding next to its FP32 twin (tiny random config a)."""
+and an INT8 export of the trained demo model decoding next to its FP32 twin."""
 
 from __future__ import annotations
 
@@ -14,13 +14,17 @@ import pytest
 
 from daemon.model.transcriber import load_transcriber
 from exporter import quantize
-from exporter.check import forced_logprobs, synthetic_clips
+from exporter.check import forced_logprobs
 from exporter.options import ExportOptions
 
 BUCKETS = "1000,3500"
-# Teacher-forced |Δ log-prob| of the FP32 bundle's tokens, INT8 vs FP32 (tiny config a, 5 clips): measured
-# 0.33 on this machine; dynamic INT8 of a random model moves log-probs more than a trained one's.
-INT8_LOGPROB_BOUND = 0.5
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "demo-checkpoint"
+# Teacher-forced |Δ log-prob| of the FP32 export's greedy tokens, INT8 vs FP32, the demo model on these six
+# held-out clips: measured p95 0.035, max 0.084 (6/6 clips identical) on an AVX-512 VNNI EPYC; on 10 other
+# clips the largest was 0.58, one near-tie token. CPUs without VNNI take other int8 kernels, hence the room.
+# A broken quantization moves every token by whole nats.
+INT8_P95_BOUND = 0.1
+INT8_WORST_BOUND = 1.0
 
 
 def _export(ckpt: Path, out: Path, precision: str) -> Path:
@@ -36,16 +40,31 @@ def bundles(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
     return {p: _export(tiny_checkpoints["a"], root / p, p) for p in ("fp32", "int8")}
 
 
+@pytest.fixture(scope="module")
+def demo_bundles(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("demo-int8")
+    return {p: _export(DEMO_CHECKPOINT, root / p, p) for p in ("fp32", "int8")}
+
+
 def _ops(path: Path) -> set[str]:
     import onnx
 
     return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
 
 
+def _pointwise_convs(path: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    kernels = {i.name: list(i.dims) for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "Conv" and kernels.get(n.input[1], [0, 0, 0])[2:] == [1]]
+
+
 def test_int8_bundle_holds_int8_matmul_weights(bundles) -> None:
-    """Manifest precision int8; the decoder's MatMul/Gemm weights all became dynamically quantized integer
-    matmuls, the encoder's MatMul weights 8-bit blocks (MatMulNBits); no FP32 MatMul with a weight is left; the
-    weights file is well under half the FP32 one (norms, convolutions and embeddings stay FP32)."""
+    """Manifest precision int8; every MatMul/Gemm weight of both graphs became a dynamically quantized integer
+    matmul (the encoder's pointwise convolutions too: exported as MatMul, no Conv with a kernel of 1 is left);
+    no FP32 MatMul with a weight is left; the weights file is well under half the FP32 one (norms, the depthwise
+    and subsampling convolutions and embeddings stay FP32)."""
     import onnx
 
     m = json.loads((bundles["int8"] / "manifest.json").read_text())
@@ -55,63 +74,132 @@ def test_int8_bundle_holds_int8_matmul_weights(bundles) -> None:
     for graph in graphs:
         model = onnx.load(str(graph), load_external_data=False)
         weights = {i.name for i in model.graph.initializer}
-        left = [n.name for n in model.graph.node if n.op_type in ("MatMul", *(("Gemm",) if "decoder" in graph.name
-                                                                          else ()))
+        left = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")
                 and any(i in weights for i in n.input[1:2])]
         assert left == [], graph.name
-        want = {"DynamicQuantizeMatMul", "MatMulInteger"} if "decoder" in graph.name else {"MatMulNBits"}
-        assert _ops(graph) & want, graph.name
-        assert quantize.weight_bytes(graph).get("INT8" if "decoder" in graph.name else "UINT8", 0) > 0
+        assert _ops(graph) & {"DynamicQuantizeMatMul", "MatMulInteger"}, graph.name
+        assert "MatMulNBits" not in _ops(graph)
+        assert quantize.weight_bytes(graph).get("INT8", 0) > 0
+    pointwise = {p: _pointwise_convs(bundles[p] / "onnx" / "encoder.onnx") for p in ("fp32", "int8")}
+    assert pointwise["int8"] == [] and len(pointwise["fp32"]) == 2 * 2  # two per layer of tiny config a (2)
     fp32, int8 = ((bundles[p] / "onnx" / "weights.bin").stat().st_size for p in ("fp32", "int8"))
     assert int8 < 0.5 * fp32
 
 
-def test_int8_decodes_close_to_fp32(bundles) -> None:
-    """5 synthetic clips: the INT8 bundle's teacher-forced log-probs of the FP32 bundle's greedy tokens stay within
-    INT8_LOGPROB_BOUND, and differ (INT8 is really in the path). Tokens are printed, not compared: a random
-    model's near-ties flip under any rounding."""
-    fp32, int8 = (load_transcriber(bundles[p], "onnx", dither=0.0) for p in ("fp32", "int8"))
+def test_int8_decodes_close_to_fp32(demo_bundles) -> None:
+    """The trained demo model on held-out espeak-ng speech (four one-sentence and two 3-sentence clips): the INT8
+    export's teacher-forced log-probs of the FP32 export's greedy tokens stay close — 95 % of tokens within
+    INT8_P95_BOUND, every one within INT8_WORST_BOUND — and differ (INT8 is really in the path). Whole tokens
+    are printed, not compared: a near-tie may flip under any rounding."""
     from daemon.model.decode import DecodeOptions
+    from exporter.demo import grammar, synth
 
-    options = DecodeOptions(language="en", max_new_tokens=24)
-    worst, same = 0.0, 0
-    clips = synthetic_clips((1.5, 4.0, 7.5, 12.0, 30.0))
+    fp32, int8 = (load_transcriber(demo_bundles[p], "onnx", dither=0.0) for p in ("fp32", "int8"))
+    sentences = grammar.demo_heldout("en")[:10]
+    texts = [*sentences[:4], synth.SENTENCE_BREAK.join(sentences[4:7]), synth.SENTENCE_BREAK.join(sentences[7:10])]
+    clips = synth.synthesize_many([(t, "en") for t in texts], seed=3, heldout=False)
+    options = DecodeOptions(language="en", max_new_tokens=80)
+    diffs: list[float] = []
+    same = 0
     for x in clips:
         prompt, ref = fp32.transcribe_window(x, options)
         _, res = int8.transcribe_window(x, options)
         same += res.tokens == ref.tokens
         lp = forced_logprobs(int8, x, prompt, list(ref.tokens), False)
-        worst = max(worst, float(np.abs(np.array(lp) - np.array(ref.logprobs)).max(initial=0.0)))
-    print(f"int8 vs fp32: {same}/{len(clips)} clips identical, max |Δ logprob| {worst:.3f}")
-    assert 0 < worst <= INT8_LOGPROB_BOUND
+        diffs += list(np.abs(np.array(lp) - np.array(ref.logprobs)))
+    p95, worst = float(np.percentile(diffs, 95)), max(diffs)
+    print(f"int8 vs fp32 (demo model): {same}/{len(clips)} clips identical, |Δ logprob| p95 {p95:.3f}, "
+          f"max {worst:.3f}")
+    assert 0 < worst <= INT8_WORST_BOUND
+    assert p95 <= INT8_P95_BOUND
 
 
-@pytest.mark.parametrize("recipe", ["dynamic", "blockwise"])
-def test_graphs_over_the_proto_limit_keep_external_data(recipe, bundles, tmp_path, monkeypatch) -> None:
-    """The >2 GB path (the real encoder), forced on the tiny decoder: the INT8 graph's tensors go to an external
-    data file, and it computes what the in-proto INT8 graph computes."""
+def _inline_copy(graph: Path, dest: Path) -> Path:
     import onnx
 
-    fp32 = onnx.load(str(bundles["fp32"] / "onnx" / "decoder_step.onnx"))  # weights.bin read in
-    src = tmp_path / "src" / "decoder_step.onnx"
-    src.parent.mkdir()
-    onnx.save_model(fp32, str(src))
-    small = quantize.quantize_graph(src, tmp_path / "small" / "decoder_step.onnx", recipe)
-    monkeypatch.setattr(quantize, "ONNX_PROTO_LIMIT", 0)
-    large = quantize.quantize_graph(src, tmp_path / "large" / "decoder_step.onnx", recipe)
-    assert [p.name for p in small.parent.iterdir()] == ["decoder_step.onnx"]
-    assert len(list(large.parent.iterdir())) == 2  # the graph and its external data
-    assert any(i.data_location == onnx.TensorProto.EXTERNAL
-               for i in onnx.load(str(large), load_external_data=False).graph.initializer)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(onnx.load(str(graph)), str(dest))  # weights.bin read in: one self-contained file
+    return dest
+
+
+def _random_feeds(path: Path) -> dict[str, np.ndarray]:
     feeds = {}
-    for i in ort.InferenceSession(str(small)).get_inputs():
-        shape = [1 if d == "tokens" else 4 if isinstance(d, str) else d for d in i.shape]
+    rng = np.random.default_rng(0)
+    for i in ort.InferenceSession(str(path)).get_inputs():
+        shape = [1 if d == "tokens" else 40 if isinstance(d, str) else d for d in i.shape]
         feeds[i.name] = (np.zeros(shape, np.int64) if "int64" in i.type
-                         else np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 0.1)
-    feeds["position"] = np.array([0])
-    a, b = (ort.InferenceSession(str(p)).run(None, feeds) for p in (small, large))
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+                         else rng.standard_normal(shape).astype(np.float32) * (0.1 if "self_" in i.name else 1.0))
+    if "position" in feeds:
+        feeds["position"] = np.array([0])
+    if "feature_length" in feeds:
+        feeds["feature_length"] = np.array([feeds["input_features"].shape[-1]])
+    return feeds
+
+
+@pytest.mark.parametrize("graph", ["decoder_step", "encoder"])
+def test_same_int8_weights_as_onnxruntime_quantize_dynamic(graph, bundles, tmp_path) -> None:
+    """The streamed quantizer writes exactly the INT8 weights and per-channel scales of onnxruntime's own
+    quantize_dynamic(per_channel=True, QInt8) for every MatMul weight (the tiny FP32 bundle's graphs), and its
+    graph is as close to FP32 as that one's (within 1.25× of its largest error on random inputs)."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = _inline_copy(bundles["fp32"] / "onnx" / f"{graph}.onnx", tmp_path / "src" / f"{graph}.onnx")
+    theirs = tmp_path / "ort" / f"{graph}.onnx"
+    theirs.parent.mkdir()
+    quantize_dynamic(src, theirs, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                     weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+    ours = quantize.quantize_graph(src, tmp_path / "ours" / f"{graph}.onnx")
+    a = {i.name: i for i in onnx.load(str(theirs)).graph.initializer}
+    b = {i.name: i for i in onnx.load(str(ours)).graph.initializer}
+    weights = sorted(n for n in b if n.endswith("_quantized") and n in a)
+    assert len(weights) >= 4, sorted(b)
+    for name in weights:
+        np.testing.assert_array_equal(numpy_helper.to_array(b[name]), numpy_helper.to_array(a[name]), err_msg=name)
+        scale = name.replace("_quantized", "_scale")
+        np.testing.assert_allclose(numpy_helper.to_array(b[scale]), numpy_helper.to_array(a[scale]), rtol=1e-7)
+    feeds = _random_feeds(src)
+    ref, y_theirs, y_ours = (ort.InferenceSession(str(p)).run(None, feeds) for p in (src, theirs, ours))
+    for r, t, o in zip(ref, y_theirs, y_ours, strict=True):
+        err_theirs, err_ours = float(np.abs(t - r).max()), float(np.abs(o - r).max())
+        assert 0 < err_ours <= 1.25 * err_theirs + 1e-6, (err_ours, err_theirs)
+
+
+def test_quantizer_holds_one_tensor_at_a_time(tmp_path) -> None:
+    """A graph of 16 MatMuls with 1 MiB weights in external data: the quantizer's Python allocations (numpy and
+    bytes, traced by tracemalloc) peak well under the 16 MiB of weights — one tensor and its temporaries
+    (measured 3.3 MiB), never the graph — and the INT8 graph computes the product."""
+    import tracemalloc
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from exporter.onnx_weights import write_graph
+
+    n, k = 16, 512
+    rng = np.random.default_rng(1)
+    weights = [(f"w{i}", (rng.standard_normal((k, k)) * 0.05).astype(np.float32)) for i in range(n)]
+    nodes = [helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"x{i + 1}"]) for i in range(n)]
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, k])],
+                          [helper.make_tensor_value_info(f"x{n}", TensorProto.FLOAT, [1, k])])
+    src = tmp_path / "src" / "chain.onnx"
+    src.parent.mkdir()
+    write_graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), iter(weights), src)
+    total = sum(w.nbytes for _, w in weights)
+    del weights
+    tracemalloc.start()
+    try:
+        out = quantize.quantize_graph(src, tmp_path / "out" / "chain.onnx")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    print(f"quantizer peak {peak / 2**20:.1f} MiB for {total / 2**20:.0f} MiB of weights")
+    assert peak < 0.5 * total
+    assert {nd.op_type for nd in onnx.load(str(out), load_external_data=False).graph.node} == {"DynamicQuantizeMatMul"}
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    y_fp32, y_int8 = (ort.InferenceSession(str(p)).run(None, {"x0": x})[0] for p in (src, out))
+    assert np.abs(y_int8 - y_fp32).max() <= 0.05 * np.abs(y_fp32).max()
 
 
 def test_bad_inputs_are_one_line(tmp_path) -> None:
@@ -121,8 +209,6 @@ def test_bad_inputs_are_one_line(tmp_path) -> None:
     bad.write_bytes(b"not a graph")
     with pytest.raises(ValueError, match="cannot quantize"):
         quantize.quantize_graph(bad, tmp_path / "out" / "g.onnx")
-    with pytest.raises(ValueError, match="unknown INT8 recipe 'int4'"):
-        quantize.quantize_graph(bad, tmp_path / "out" / "g.onnx", "int4")
     r = subprocess.run([sys.executable, "-m", "exporter", "--checkpoint", "x", "--out", str(tmp_path / "b"),
                         "--onnx-precision", "int4"], capture_output=True, text=True)
     assert r.returncode == 2 and "invalid choice: 'int4'" in r.stderr
