@@ -66,7 +66,7 @@ def export_bundle(ckpt: Checkpoint, out: Path, opts: ExportOptions) -> Path:
             name = function or Path(rel).stem
             dest = staging[backend] / name / f"{name}{Path(rel).suffix}"
             staged[backend][function or rel] = dest
-        ins, outs = _export_graph(backend, what, model, dims, precision, dest)
+        ins, outs = _export_graph(backend, what, model, dims, plan.precision, dest)
         _done(t0)
         graph = {"file": rel, **({"function": function} if function else {}),
                  "inputs": as_manifest(ins), "outputs": as_manifest(outs)}
@@ -139,7 +139,7 @@ def _export_graph(backend: str, what: int | str, model: torch.nn.Module, dims: A
 
         if what == "decoder":
             return to_onnx.export_decoder(model, dims, path)
-        return to_onnx.export_encoder(model, dims, int(what), path, pointwise_matmul=precision == "int8")
+        return to_onnx.export_encoder(model, dims, int(what), path)
     from . import to_coreml
 
     if what == "decoder":

@@ -1,17 +1,20 @@
-"""INT8 ONNX graphs for CPUs: every MatMul/Gemm with a constant weight becomes ONNX Runtime's DynamicQuantizeMatMul.
+"""INT8 ONNX graphs for CPUs: MatMul/Gemm weights become ONNX Runtime's DynamicQuantizeMatMul.
 
 `python -m exporter --onnx-precision int8` runs this on every exported FP32 graph before the weights are shared
 (exporter/onnx_weights.py). It writes what `onnxruntime.quantization.quantize_dynamic(per_channel=True,
 weight_type=QInt8)` writes — weights INT8, symmetric, one scale per output channel; activations quantized to
-UINT8 on every call, VNNI int8 products — but one tensor at a time: quantize_dynamic holds the whole graph
-several times over (22.3 GB peak RSS on the real encoder's 7.3 GB, measured), which a 16 GB Mac cannot run.
-tests/test_quantize.py checks the two give the same outputs.
+UINT8 on every call, int8 products — but one tensor at a time: quantize_dynamic holds the whole graph several
+times over (22.3 GB peak RSS on the real encoder's 7.3 GB, measured), which a 16 GB Mac cannot run.
+tests/test_quantize.py checks the two write the same weights.
 
-A decoder step reads every weight once per token, so its time follows the weight bytes (a quarter of FP32's);
-the encoder's products run 2-3x faster than FP32 or than INT8 weights in blocks of 32 (MatMulNBits), measured at
-the full shape (docs/benchmarks.md). The encoder is exported with its pointwise convolutions as MatMul
-(exporter/wrappers.py, pointwise_as_matmul) so that they are quantized too. Attention's activation × activation
-MatMuls, embeddings, norms and the other convolutions stay FP32.
+What is quantized, chosen by measurement (docs/benchmarks.md, models/demo/MODEL_CARD.md):
+- decoder: every MatMul/Gemm weight. A step reads every weight once per token, so its time follows the weight
+  bytes (a quarter of FP32's).
+- encoder: the Conformer's feed-forward layers (two per block, 62 % of its products), 2.5x faster than FP32.
+  Quantizing its attention projections and convolutions too made the 35 s window faster still, but moved the
+  demo model's multi-sentence WER by +0.8 to +1.2 points (one activation scale per window is too coarse there);
+  with the feed-forward layers alone pooled WER stays within 0.1 point. Attention's projections, the positional
+  projection, convolutions, norms and embeddings stay FP32.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Any
 import numpy as np
 
 OP_TYPES = ("MatMul", "Gemm")
+ENCODER_SCOPE = "/feed_forward"  # in the encoder only MatMuls under the feed-forward modules (node names of
+# torch.onnx's export: /encoder/layers.N/feed_forward1/linear1/MatMul)
 QMAX = 127  # symmetric INT8 weights in [-127, 127], zero point 0 (quantize_dynamic's QInt8 range)
 MS_DOMAIN = "com.microsoft"
 
@@ -35,12 +40,15 @@ def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale.astype(np.float32)
 
 
-def quantize_graph(src: Path, dest: Path) -> Path:
+def quantize_graph(src: Path, dest: Path, scope: str = "") -> Path:
     """Write an INT8 copy of the FP32 graph `src` (its external data beside it) to `dest` and `dest`.data;
     return `dest`. Weights are read, quantized and written one at a time.
 
+    Args:
+        scope: only MatMul/Gemm nodes whose name contains this ("" = all).
+
     Raises:
-        ValueError: `src` is not a readable ONNX graph.
+        ValueError: `src` is not a readable ONNX graph, or no node in `scope` has a weight to quantize.
     """
     import onnx
 
@@ -54,7 +62,7 @@ def quantize_graph(src: Path, dest: Path) -> Path:
     inits = {i.name: i for i in graph.initializer}
     nodes, quantized = [], {}  # quantized: weight name → transpose it first (Gemm transB)
     for node in graph.node:
-        weight = _constant_weight(node, inits)
+        weight = _constant_weight(node, inits) if scope in node.name else None
         if weight is None:
             nodes.append(node)
             continue
@@ -66,6 +74,8 @@ def quantize_graph(src: Path, dest: Path) -> Path:
             "DynamicQuantizeMatMul", [node.input[0], f"{key}_quantized", f"{key}_scale", f"{key}_zero_point",
                                       *bias], list(node.output), name=f"{node.name}_int8" if node.name else "",
             domain=MS_DOMAIN))
+    if not quantized:
+        raise ValueError(f"cannot quantize {src}: no MatMul/Gemm with a weight" + (f" under {scope!r}" if scope else ""))
     used = {i for n in nodes for i in n.input}
     kept = [i for i in graph.initializer if i.name in used]
     del graph.node[:]
@@ -120,7 +130,7 @@ def quantize_graphs(staged: dict[str, Path]) -> dict[str, Path]:
     for rel, src in staged.items():
         dest = src.parent.with_name(src.parent.name + "-int8") / src.name
         shutil.rmtree(dest.parent, ignore_errors=True)
-        out[rel] = quantize_graph(src, dest)
+        out[rel] = quantize_graph(src, dest, ENCODER_SCOPE if "encoder" in Path(rel).name else "")
         shutil.rmtree(src.parent, ignore_errors=True)
     return out
 

@@ -14,7 +14,6 @@ nothing holds a second copy.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import warnings
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import torch
 
 from .contract import Dims, decoder_tensors, encoder_tensors, example_inputs, layer_names
 from .onnx_weights import write_graph
-from .wrappers import DecoderStepExport, EncoderExport, pointwise_as_matmul
+from .wrappers import DecoderStepExport, EncoderExport
 
 OPSET = 17
 INT = "int64"
@@ -88,18 +87,12 @@ def _export(module: torch.nn.Module, specs_in: Specs, specs_out: Specs, path: Pa
     write_graph(model, tensors(), path)
 
 
-def export_encoder(model: torch.nn.Module, d: Dims, frames: int, path: Path, pointwise_matmul: bool = False
-                   ) -> tuple[Specs, Specs]:
+def export_encoder(model: torch.nn.Module, d: Dims, frames: int, path: Path) -> tuple[Specs, Specs]:
     """Write the encoder with a dynamic frame axis for windows of up to `frames` (the full window); return its
     (inputs, outputs) tensor specs, dynamic axes -1. It is traced at TRACE_FRAMES: the tracer keeps every
-    layer's activations until it ends (2.8 GB at the real shape and 3500 frames), and the graph is the same.
-
-    pointwise_matmul: the convolution module's pointwise convolutions as MatMul (for an INT8 export, which
-    quantizes MatMul; in FP32 ONNX Runtime's 1×1 Conv measured faster, docs/benchmarks.md)."""
-    swap = pointwise_as_matmul(model.model.encoder) if pointwise_matmul else contextlib.nullcontext()
-    with swap:
-        _export(EncoderExport(model).eval(), *encoder_tensors(d, min(frames, TRACE_FRAMES), INT, STATE), path,
-                FRAME_AXES)
+    layer's activations until it ends (2.8 GB at the real shape and 3500 frames), and the graph is the same."""
+    _export(EncoderExport(model).eval(), *encoder_tensors(d, min(frames, TRACE_FRAMES), INT, STATE), path,
+            FRAME_AXES)
     ins, outs = encoder_tensors(d, frames, INT, STATE)
     return dynamic(ins, FRAME_AXES), dynamic(outs, FRAME_AXES)
 

@@ -48,38 +48,6 @@ class EncoderExport(nn.Module):
         return h, cross_k, cross_v
 
 
-class PointwiseMatMul(nn.Module):
-    """A kernel-1 Conv1d over (1, C_in, T) as a MatMul over the channels: the same product, but an op that ONNX
-    Runtime's INT8 recipes quantize (they take MatMul/Gemm, not Conv) and that runs at its MatMul speed."""
-
-    def __init__(self, conv: nn.Conv1d) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(conv.weight.detach()[:, :, 0], requires_grad=False)  # a view: no copy
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x.transpose(1, 2), self.weight, self.bias).transpose(1, 2)
-
-
-@contextlib.contextmanager
-def pointwise_as_matmul(module: nn.Module) -> Iterator[None]:
-    """While exporting, every kernel-1, stride-1, ungrouped Conv1d in `module` (the Conformer convolution
-    module's two pointwise convolutions, 11 % of the encoder's products) runs as PointwiseMatMul; restored
-    after."""
-    swapped = []
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if (isinstance(child, nn.Conv1d) and child.kernel_size == (1,) and child.stride == (1,)
-                    and child.groups == 1 and child.padding in ((0,), 0)):
-                swapped.append((parent, name, child))
-                setattr(parent, name, PointwiseMatMul(child))
-    try:
-        yield
-    finally:
-        for parent, name, child in swapped:
-            setattr(parent, name, child)
-
-
 def _scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """q·keysᵀ (1, H, T, S) for q (1, H, T, D) and keys (1, H, S, D), computed as (keys·qᵀ)ᵀ: the large operand
     is read in its own row-major layout (ONNX Runtime's q·keysᵀ transposed a copy of the keys first)."""
