@@ -11,7 +11,7 @@ command line on the bundle's ONNX files (or `--backend coreml-reference`: its Co
 reference evaluator, several times slower: about 12 min for the whole set), not torch. `--onnx-precision int8`
 first exports the bundle's checkpoint (--checkpoint, default models/demo-checkpoint) with
 `python -m exporter --backends onnx --onnx-precision int8` and the bundle's buckets to a temporary folder, and
-measures that.
+measures it side by side with the bundle's FP32 files on the same clips (`fp32_results` in the JSON).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def evaluate(model: str, lang: str, n: int, seed: int, heldout_voice: bool, fold
     hyps = [text_of(d) for d in docs]
     voice = "held-out variant " + synth.HELDOUT_VARIANT[lang] if heldout_voice else "training voices"
     return {"lang": lang, "voice": voice + (f", {per_clip} sentences per clip" if multi else ""),
-            "n": len(sentences), "clips": len(clips), "wer": round(jiwer.wer(texts, hyps), 4),
+            "n": len(sentences), "clips": len(clips), "rounds": rounds if multi else 1, "wer": round(jiwer.wer(texts, hyps), 4),
             "errors": [(r, h) for r, h in zip(texts, hyps, strict=True) if r != h][:5],
             "seconds": round(sum(len(x) for x in clips) / synth.SAMPLE_RATE, 1), "wavs": wavs, "docs": docs}
 
@@ -116,24 +116,29 @@ def main() -> None:
                          "4: 80, to compare two exports of one model within half a point)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args()
-    results = []
+    results, reference = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        if args.onnx_precision == "int8":
-            args.model = export_int8(args.checkpoint, args.model, Path(tmp) / "int8")
+        models = {"": args.model}
+        if args.onnx_precision == "int8":  # the INT8 export and the FP32 bundle, side by side on the same clips
+            models = {"INT8 ": export_int8(args.checkpoint, args.model, Path(tmp) / "int8"), "FP32 ": args.model}
         for lang in grammar.LANGUAGES:
             for heldout, multi in ((False, False), (True, False), (False, True)):
-                r = evaluate(args.model, lang, args.n, args.seed, heldout, Path(tmp), multi, args.backend,
-                             args.multi_rounds)
-                print(f"{lang} {r['voice']:<46} WER {100 * r['wer']:5.2f} %  ({r['clips']} clips of {r['n']} sentences, "
-                      f"{r['seconds']} s)")
-                results.append(r)
+                for label, model in models.items():
+                    r = evaluate(model, lang, args.n, args.seed, heldout, Path(tmp), multi, args.backend,
+                                 args.multi_rounds if multi else 1)
+                    print(f"{label}{lang} {r['voice']:<46} WER {100 * r['wer']:5.2f} %  ({r['clips']} clips of "
+                          f"{r['n']} sentences, {r['seconds']} s)")
+                    (reference if label == "FP32 " else results).append(r)
         first = next(r for r in results if r["lang"] == "en" and r["voice"] == "training voices")
-        pm = prompt_matters(args.model, first["wavs"][:20], args.backend)
+        pm = prompt_matters(models["INT8 " if reference else ""], first["wavs"][:20], args.backend)
         print(f"English audio, Spanish prompt: {pm['different_tokens']}/{pm['clips']} clips give other tokens")
+
+    def public(rs: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("wavs", "docs")} for r in rs]
+
     summary = {"command": " ".join(["python -m exporter.demo.evaluate", *sys.argv[1:]]), "backend": args.backend,
-               "onnx_precision": args.onnx_precision,
-               "results": [{k: v for k, v in r.items() if k not in ("wavs", "docs")} for r in results],
-               "prompt_matters": pm}
+               "onnx_precision": args.onnx_precision, "results": public(results),
+               **({"fp32_results": public(reference)} if reference else {}), "prompt_matters": pm}
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
